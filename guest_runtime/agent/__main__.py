@@ -1,0 +1,130 @@
+"""Entry point: ``python3 agent.pyz --root /workspace [--stdio | --serial DEVICE]``.
+
+``--stdio`` (the default) serves one session on stdin/stdout and exits when stdin closes; every
+command it started is killed then. ``--serial`` serves a virtio-serial port, session after
+session, for VMs whose host connects over a character device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from .execs import Execs
+from .files import Files
+from .paths import Workspace
+from .rpc import DEFAULT_MAX_LINE_BYTES, Connection
+from .system import System
+
+
+async def _pipe_streams(
+    read_fd: int, write_fd: int, limit: int
+) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_event_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb", 0)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, writer
+
+
+class Agent:
+    def __init__(self, root: str, max_line_bytes: int) -> None:
+        self.workspace = Workspace(root)
+        self.max_line_bytes = max_line_bytes
+        self.connection: Optional[Connection] = None
+        self.stopping = asyncio.Event()
+        self.execs = Execs(self.workspace, self._notify)
+        self.files = Files(self.workspace)
+        handlers: Dict[str, Any] = {}
+        handlers.update(self.execs.handlers())
+        handlers.update(self.files.handlers())
+        self.system = System(self.workspace, [], self.stopping.set)
+        handlers.update(self.system.handlers())
+        self.system.capabilities.extend(handlers)
+        self.handlers = handlers
+
+    async def _notify(self, method: str, params: Dict[str, Any]) -> None:
+        if self.connection is not None:
+            await self.connection.notify(method, params)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: Any) -> None:
+        self.connection = Connection(reader, writer, self.handlers, self.max_line_bytes)
+        serving = asyncio.ensure_future(self.connection.serve())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not serving.done():
+            serving.cancel()
+
+
+async def _serve_stdio(agent: Agent) -> None:
+    # Keep the protocol on private descriptors; a stray print must not corrupt the channel.
+    read_fd = os.dup(0)
+    write_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    reader, writer = await _pipe_streams(read_fd, write_fd, agent.max_line_bytes)
+    try:
+        await agent.serve(reader, writer)
+    finally:
+        agent.execs.kill_all()
+
+
+async def _serve_serial(agent: Agent, device: str) -> None:
+    while not agent.stopping.is_set():
+        fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        reader, writer = await _pipe_streams(fd, os.dup(fd), agent.max_line_bytes)
+        try:
+            await agent.serve(reader, writer)
+        finally:
+            writer.close()
+    agent.execs.kill_all()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="projectvm-agent", description=__doc__)
+    parser.add_argument("--root", default="/workspace", help="workspace root (default /workspace)")
+    parser.add_argument(
+        "--serial", metavar="DEVICE", help="serve a virtio-serial port instead of stdio"
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="largest request accepted",
+    )
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    if not os.path.isdir(args.root):
+        sys.stderr.write("projectvm-agent: workspace root %s does not exist\n" % args.root)
+        return 2
+
+    async def run() -> None:
+        agent = Agent(args.root, args.max_line_bytes)
+        loop = asyncio.get_event_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, agent.stopping.set)
+        if args.serial:
+            await _serve_serial(agent, args.serial)
+        else:
+            await _serve_stdio(agent)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""``GuestClient``: the host's side of the guest protocol over any anyio byte stream.
+
+One client serves many concurrent calls on one channel: requests carry ids, a reader task routes
+answers back to their callers and ``exec.output``/``exec.exit`` notifications to the
+:class:`ExecHandle` that started the command. When the channel ends, every waiting call and
+every running execution fails with :class:`GuestUnreachable`.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import nullcontext
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from guest_runtime.errors import (
+    GuestError,
+    GuestProtocolError,
+    GuestUnreachable,
+    guest_error_from_wire,
+)
+from guest_runtime.protocol import (
+    PROTOCOL_VERSION,
+    ExecExit,
+    ExecOutput,
+    FileData,
+    GuestInfo,
+    GuestStats,
+    ListResult,
+    SearchResult,
+    StatResult,
+    UsageResult,
+    WriteResult,
+)
+
+__all__ = ["ExecEvent", "ExecHandle", "GuestClient"]
+
+# A 64 MiB file read travels as ~86 MiB of base64 in one line.
+DEFAULT_MAX_LINE_BYTES = 96 * 1024 * 1024
+
+ExecEvent = ExecOutput | ExecExit
+
+
+class _Pending:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: dict[str, Any] = {}
+        self.error: BaseException | None = None
+
+
+class ExecHandle:
+    """A command started in the guest: its output events, its stdin, and its signals."""
+
+    def __init__(self, client: GuestClient, exec_id: str) -> None:
+        self.client = client
+        self.exec_id = exec_id
+        self.exit: ExecExit | None = None
+        # Unbounded on purpose: the guest caps each execution's output, so this is bounded too,
+        # and a slow consumer must never stall the reader that serves every other call.
+        self._queue: deque[ExecEvent] = deque()
+        self._lost: GuestUnreachable | None = None
+        self._arrived = anyio.Event()
+
+    def _deliver(self, event: ExecEvent | GuestUnreachable) -> None:
+        if isinstance(event, GuestUnreachable):
+            self._lost = event
+        else:
+            self._queue.append(event)
+        self._arrived.set()
+
+    async def events(self) -> AsyncIterator[ExecEvent]:
+        """Output chunks in ``seq`` order, then the exit; raises if the channel is lost first."""
+        while True:
+            while self._queue:
+                event = self._queue.popleft()
+                if isinstance(event, ExecExit):
+                    self.exit = event
+                    yield event
+                    return
+                yield event
+            if self._lost is not None:
+                raise self._lost
+            arrived = self._arrived = anyio.Event()
+            await arrived.wait()
+
+    async def write_stdin(self, data: bytes, *, eof: bool = False) -> None:
+        await self.client.call(
+            "exec.stdin",
+            {"exec_id": self.exec_id, "data": base64.b64encode(data).decode(), "eof": eof},
+        )
+
+    async def signal(self, signal: str = "KILL") -> None:
+        await self.client.call("exec.signal", {"exec_id": self.exec_id, "signal": signal})
+
+
+class GuestClient:
+    """JSON-RPC client for one channel to a guest agent; use as ``async with``."""
+
+    def __init__(
+        self, stream: anyio.abc.ByteStream, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    ) -> None:
+        self._stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+        self._max_line_bytes = max_line_bytes
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._execs: dict[str, ExecHandle] = {}
+        self._write_lock = anyio.Lock()
+        self._closed = anyio.Event()
+        self._close_reason = "the channel to the guest agent is not open"
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.info: GuestInfo | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._read_loop)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        assert self._task_group is not None
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        self._shutdown("the channel to the guest agent was closed by the host")
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- transport ----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reason = "the guest agent closed the channel (the VM or sandbox stopped or crashed)"
+        try:
+            while True:
+                line = await self._reader.receive_until(b"\n", self._max_line_bytes)
+                if line.strip():
+                    self._dispatch(line)
+        except anyio.IncompleteRead:
+            pass
+        except anyio.DelimiterNotFound:
+            reason = f"the guest agent sent a message over {self._max_line_bytes} bytes"
+        except GuestProtocolError as err:
+            reason = str(err)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as err:
+            reason = f"the channel to the guest agent broke ({err or type(err).__name__})"
+        finally:
+            self._shutdown(reason)
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+    def _shutdown(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self._close_reason = reason
+        self._closed.set()
+        for pending in self._pending.values():
+            pending.error = GuestUnreachable(reason)
+            pending.done.set()
+        for handle in self._execs.values():
+            handle._deliver(GuestUnreachable(reason))
+        self._execs.clear()
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise GuestProtocolError(
+                f"the guest channel carried something that is not JSON: {line[:80]!r}"
+            ) from None
+        if not isinstance(message, dict):
+            raise GuestProtocolError(f"the guest sent a non-object message: {line[:80]!r}")
+        if "method" in message:
+            self._on_notification(str(message["method"]), message.get("params") or {})
+            return
+        request_id = message.get("id")
+        pending = self._pending.get(request_id) if isinstance(request_id, int) else None
+        if pending is None:
+            return  # an answer to a call its caller gave up on, or a protocol-level error
+        if "error" in message:
+            pending.error = guest_error_from_wire(message["error"])
+        else:
+            result = message.get("result")
+            pending.result = result if isinstance(result, dict) else {}
+        pending.done.set()
+
+    def _on_notification(self, method: str, params: dict[str, Any]) -> None:
+        handle = self._execs.get(str(params.get("exec_id")))
+        if handle is None:
+            return
+        if method == "exec.output":
+            handle._deliver(ExecOutput.from_wire(params))
+        elif method == "exec.exit":
+            self._execs.pop(handle.exec_id, None)
+            handle._deliver(ExecExit.model_validate(params))
+
+    async def call(
+        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one request and wait for its answer; guest errors raise :class:`GuestError`."""
+        if self._closed.is_set():
+            raise GuestUnreachable(self._close_reason)
+        request_id = next(self._ids)
+        pending = _Pending()
+        self._pending[request_id] = pending
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        try:
+            async with self._write_lock:
+                try:
+                    await self._stream.send(line)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as err:
+                    self._shutdown(f"the channel to the guest agent broke ({err})")
+                    raise GuestUnreachable(self._close_reason) from err
+            with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+                await pending.done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    # -- typed calls --------------------------------------------------------------------------
+
+    async def hello(self) -> GuestInfo:
+        info = GuestInfo.model_validate(await self.call("hello", timeout=30))
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise GuestProtocolError(
+                f"the guest agent speaks protocol {info.protocol_version}, the host "
+                f"{PROTOCOL_VERSION}; restart the project so the current agent is injected"
+            )
+        self.info = info
+        return info
+
+    async def start_exec(
+        self,
+        command: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        stdin_open: bool = False,
+        timeout_s: float | None = None,
+        output_limit: int | None = None,
+        tail_limit: int | None = None,
+        exec_id: str | None = None,
+    ) -> ExecHandle:
+        """Start a command; read its output from :meth:`ExecHandle.events`."""
+        handle = ExecHandle(self, exec_id or uuid.uuid4().hex)
+        # Registered before the request: output can arrive before the answer to exec.start.
+        self._execs[handle.exec_id] = handle
+        params: dict[str, Any] = {
+            "exec_id": handle.exec_id,
+            "command": command if isinstance(command, str) else list(command),
+            "stdin_open": stdin_open,
+        }
+        if cwd is not None:
+            params["cwd"] = cwd
+        if env:
+            params["env"] = dict(env)
+        if stdin is not None:
+            params["stdin"] = base64.b64encode(stdin).decode()
+        if timeout_s is not None:
+            params["timeout_s"] = timeout_s
+        if output_limit is not None:
+            params["output_limit"] = output_limit
+        if tail_limit is not None:
+            params["tail_limit"] = tail_limit
+        try:
+            await self.call("exec.start", params)
+        except BaseException:
+            self._execs.pop(handle.exec_id, None)
+            raise
+        return handle
+
+    async def read_file(
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        line_offset: int | None = None,
+        line_limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> FileData:
+        params: dict[str, Any] = {"path": path, "offset": offset}
+        for name, value in (
+            ("length", length),
+            ("line_offset", line_offset),
+            ("line_limit", line_limit),
+            ("max_bytes", max_bytes),
+        ):
+            if value is not None:
+                params[name] = value
+        return FileData.from_wire(await self.call("fs.read", params))
+
+    async def write_file(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        create_parents: bool = True,
+        append: bool = False,
+        mode: int | None = None,
+    ) -> WriteResult:
+        params: dict[str, Any] = {
+            "path": path,
+            "data": base64.b64encode(data).decode(),
+            "create_parents": create_parents,
+            "append": append,
+        }
+        if if_match is not None:
+            params["if_match"] = if_match
+        if mode is not None:
+            params["mode"] = mode
+        return WriteResult.model_validate(await self.call("fs.write", params))
+
+    async def stat(self, path: str, *, sha256: bool = False, follow: bool = True) -> StatResult:
+        result = await self.call("fs.stat", {"path": path, "sha256": sha256, "follow": follow})
+        return StatResult.model_validate(result)
+
+    async def list_dir(
+        self,
+        path: str = ".",
+        *,
+        recursive: bool = False,
+        max_entries: int = 1000,
+        include_hidden: bool = True,
+    ) -> ListResult:
+        params = {
+            "path": path,
+            "recursive": recursive,
+            "max_entries": max_entries,
+            "include_hidden": include_hidden,
+        }
+        return ListResult.model_validate(await self.call("fs.list", params))
+
+    async def mkdir(self, path: str, *, parents: bool = True) -> bool:
+        result = await self.call("fs.mkdir", {"path": path, "parents": parents})
+        return bool(result.get("created"))
+
+    async def move(self, source: str, destination: str, *, overwrite: bool = False) -> None:
+        await self.call(
+            "fs.move", {"source": source, "destination": destination, "overwrite": overwrite}
+        )
+
+    async def remove(
+        self,
+        path: str,
+        *,
+        recursive: bool = False,
+        missing_ok: bool = False,
+        if_match: str | None = None,
+    ) -> bool:
+        params: dict[str, Any] = {"path": path, "recursive": recursive, "missing_ok": missing_ok}
+        if if_match is not None:
+            params["if_match"] = if_match
+        return bool((await self.call("fs.remove", params)).get("removed"))
+
+    async def search(
+        self,
+        pattern: str = "",
+        *,
+        path: str = ".",
+        regex: bool = False,
+        ignore_case: bool = False,
+        glob: str | None = None,
+        max_results: int = 200,
+    ) -> SearchResult:
+        params: dict[str, Any] = {
+            "pattern": pattern,
+            "path": path,
+            "regex": regex,
+            "ignore_case": ignore_case,
+            "max_results": max_results,
+        }
+        if glob is not None:
+            params["glob"] = glob
+        return SearchResult.model_validate(await self.call("fs.search", params))
+
+    async def usage(self) -> UsageResult:
+        return UsageResult.model_validate(await self.call("fs.usage"))
+
+    async def stats(self) -> GuestStats:
+        return GuestStats.model_validate(await self.call("system.stats"))
+
+    async def shutdown(self) -> None:
+        try:
+            await self.call("system.shutdown", timeout=5)
+        except (GuestUnreachable, TimeoutError):
+            pass
+
+    async def ping(self, timeout: float = 5) -> bool:
+        try:
+            await self.call("hello", timeout=timeout)
+        except (GuestUnreachable, GuestError, TimeoutError):
+            return False
+        return True
