@@ -1,0 +1,141 @@
+"""The driver contract: what every VM backend provides, and the values it exchanges.
+
+A driver creates, starts, stops, destroys and inspects project VMs and opens a byte stream to the
+guest agent inside one. It never runs commands or touches files itself: the guest runtime does
+that, identically on every backend.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+import anyio.abc
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "LABEL_PROJECT",
+    "LABEL_VM",
+    "Availability",
+    "DriverContext",
+    "VMCreationResult",
+    "VMDriver",
+    "VMInfo",
+    "VMSpec",
+    "VMStatus",
+]
+
+# Every resource a driver creates carries these labels, so `projectvm gc` can find strays.
+LABEL_PROJECT = "projectvm.project"
+LABEL_VM = "projectvm.vm"
+
+
+class VMStatus(enum.StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DESTROYING = "destroying"
+
+
+class VMSpec(BaseModel):
+    """What a project asks of its VM."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project_id: str
+    name: str
+    project_type: str = "development"
+    cpus: float | None = Field(default=None, description="CPU limit; None = driver default")
+    memory_mb: int | None = Field(default=None, description="memory limit; None = driver default")
+    disk_gb: float | None = Field(default=None, description="workspace size limit")
+    pids_limit: int | None = Field(default=None, description="process limit; None = default")
+    network: Literal["none", "egress"] = "none"
+    image: str | None = Field(default=None, description="image/template; None = driver default")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class VMCreationResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    vm_id: str
+    status: VMStatus
+    vm_url: str | None = None
+    workspace_path: str = Field(description="where the workspace lives on the backend")
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class VMInfo(BaseModel):
+    """One VM as the backend reports it (for reconciliation and garbage collection)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vm_id: str
+    project_id: str | None
+    status: VMStatus
+    driver: str
+    created_at: datetime | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    detail: str = ""
+
+
+class Availability(BaseModel):
+    """Whether a driver can run here, and why not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    driver: str
+    usable: bool
+    reason: str
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class DriverContext(BaseModel):
+    """What the server hands every driver: where it may keep state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_dir: Path
+
+
+@runtime_checkable
+class VMDriver(Protocol):
+    """One VM backend. Implementations are checked against this statically."""
+
+    name: ClassVar[str]
+
+    async def create_project_vm(self, spec: VMSpec) -> VMCreationResult:
+        """Create the VM and its persistent workspace; the VM is left running."""
+        ...
+
+    async def start_project_vm(self, vm_id: str) -> None: ...
+
+    async def stop_project_vm(self, vm_id: str) -> None:
+        """Stop the VM; the workspace survives."""
+        ...
+
+    async def destroy_project_vm(self, vm_id: str) -> None:
+        """Remove the VM and its workspace. Destroying a VM that is gone is not an error."""
+        ...
+
+    async def get_vm_status(self, vm_id: str) -> VMStatus: ...
+
+    async def get_vm_url(self, vm_id: str) -> str | None: ...
+
+    async def open_channel(self, vm_id: str) -> anyio.abc.ByteStream:
+        """A fresh byte stream to the guest agent in a running VM."""
+        ...
+
+    async def list_vms(self) -> list[VMInfo]:
+        """Every VM this driver's backend holds with ProjectVM labels."""
+        ...
+
+    async def probe(self) -> Availability:
+        """Whether this backend is usable here (for ``projectvm doctor``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the driver holds (processes, clients); VMs keep their state."""
+        ...

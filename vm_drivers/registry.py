@@ -1,0 +1,102 @@
+"""Driver lookup by name, lazy construction, and the platform's automatic choice.
+
+Automatic choice follows the seed's ``UnifiedVMService``: ``VM_SERVICE=production`` means fly;
+on Linux firecracker if usable, else docker if an engine answers, else local; on macOS lima if
+installed, else docker; elsewhere docker.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import typing
+from typing import Any
+
+from pydantic import ValidationError
+
+from vm_drivers.base import Availability, DriverContext, VMDriver
+from vm_drivers.config import DriverConfig, parse_driver_config
+from vm_drivers.errors import DriverConfigError, DriverUnavailable
+
+__all__ = ["DriverSet", "available_driver_names", "platform_preference"]
+
+
+def available_driver_names() -> list[str]:
+    """Names of the drivers this build has a config (and so an implementation) for."""
+    union = typing.get_args(DriverConfig)[0]
+    members = typing.get_args(union) or (union,)
+    return [member.model_fields["type"].default for member in members]
+
+
+def platform_preference(system: str | None = None, environment: str | None = None) -> list[str]:
+    """Drivers to try, best first, for this platform and ``VM_SERVICE`` value."""
+    if environment == "production":
+        return ["fly"]
+    if environment:
+        return [environment]
+    system = system or platform.system()
+    if system == "Linux":
+        return ["firecracker", "docker", "local"]
+    if system == "Darwin":
+        return ["lima", "docker"]
+    return ["docker"]
+
+
+class DriverSet:
+    """The drivers of one server, built on first use from their configs."""
+
+    def __init__(self, context: DriverContext, options: dict[str, dict[str, Any]] | None = None):
+        self.context = context
+        self._options = options or {}
+        self._drivers: dict[str, VMDriver] = {}
+
+    def config(self, name: str) -> DriverConfig:
+        if name not in available_driver_names():
+            raise DriverConfigError(
+                f"unknown driver {name!r}; choose one of {', '.join(available_driver_names())}"
+            )
+        try:
+            return parse_driver_config({**self._options.get(name, {}), "type": name})
+        except ValidationError as err:
+            raise DriverConfigError(f"invalid options for the {name} driver: {err}") from err
+
+    def get(self, name: str) -> VMDriver:
+        driver = self._drivers.get(name)
+        if driver is None:
+            driver = self.config(name).build(self.context)
+            self._drivers[name] = driver
+        return driver
+
+    async def probe(self, name: str) -> Availability:
+        if name not in available_driver_names():
+            return Availability(
+                driver=name, usable=False, reason="not available in this build of ProjectVM"
+            )
+        try:
+            return await self.get(name).probe()
+        except (DriverUnavailable, DriverConfigError) as err:
+            return Availability(driver=name, usable=False, reason=str(err))
+
+    async def choose(self, requested: str = "auto", environment: str | None = None) -> str:
+        """The driver for new projects: ``requested`` itself, or the platform's best usable."""
+        if requested != "auto":
+            self.config(requested)
+            return requested
+        if environment is None:
+            environment = os.environ.get("VM_SERVICE") or None
+        reasons = []
+        for name in platform_preference(environment=environment):
+            availability = await self.probe(name)
+            if availability.usable:
+                return name
+            reasons.append(f"{name}: {availability.reason}")
+        raise DriverUnavailable(
+            "auto",
+            "no usable VM driver on this machine (" + "; ".join(reasons) + ")",
+            "run `projectvm doctor` for details, or pick one with --driver",
+        )
+
+    async def aclose(self) -> None:
+        for driver in self._drivers.values():
+            await driver.aclose()
+        self._drivers.clear()
