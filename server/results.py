@@ -1,0 +1,205 @@
+"""What ProjectService returns and MCP tools pass on: structured, with stable field names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from server.models import (
+    AccessLevel,
+    Event,
+    Execution,
+    ExecutionStatus,
+    Member,
+    Project,
+    ProjectSettings,
+    ProjectType,
+    VMStatus,
+)
+
+__all__ = [
+    "CommandResult",
+    "DeleteResult",
+    "EditResult",
+    "EventsResult",
+    "ExecutionHistory",
+    "FileEntry",
+    "FileList",
+    "FileRead",
+    "FileWrite",
+    "MoveResult",
+    "ProjectInfo",
+    "ProjectList",
+    "ProjectStatus",
+    "SearchHit",
+    "SearchResults",
+    "WhoAmI",
+]
+
+
+class ProjectInfo(BaseModel):
+    """A project as an agent sees it."""
+
+    project_id: str
+    name: str
+    description: str
+    project_type: ProjectType
+    status: VMStatus = Field(description="the VM's status")
+    status_reason: str | None = Field(default=None, description="why, when stopped or failed")
+    driver: str
+    vm_id: str | None
+    vm_url: str | None
+    workspace_path: str | None
+    owner_id: str
+    agents: list[str]
+    your_access: AccessLevel | None = None
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime | None
+    settings: ProjectSettings
+    members: list[Member] | None = None
+    usage: dict[str, Any] | None = Field(
+        default=None, description="CPU, memory and workspace disk use, when running"
+    )
+
+    @classmethod
+    def of(cls, project: Project, access: AccessLevel | None = None) -> ProjectInfo:
+        return cls(
+            project_id=project.project_id,
+            name=project.name,
+            description=project.description,
+            project_type=project.project_type,
+            status=project.vm_status,
+            status_reason=project.vm_status_reason,
+            driver=project.driver,
+            vm_id=project.vm_id,
+            vm_url=project.vm_url,
+            workspace_path=project.workspace_path,
+            owner_id=project.owner_id,
+            agents=project.agents,
+            your_access=access,
+            created_at=project.created_at,
+            updated_at=project.updated_at,
+            last_activity_at=project.last_activity_at,
+            settings=project.settings,
+        )
+
+
+class ProjectList(BaseModel):
+    projects: list[ProjectInfo]
+
+
+class ProjectStatus(BaseModel):
+    project_id: str
+    status: VMStatus
+    message: str
+
+
+class DeleteResult(BaseModel):
+    project_id: str
+    deleted: bool
+    message: str
+
+
+class CommandResult(BaseModel):
+    """The outcome of run_command. A non-zero exit_code is a normal result, not an error."""
+
+    project_id: str
+    execution_id: str
+    status: ExecutionStatus
+    exit_code: int | None = Field(description="the command's exit status; 128+N if killed by N")
+    stdout: str
+    stderr: str
+    timed_out: bool
+    truncated: bool = Field(description="output was longer than the limit; the middle is omitted")
+    duration_ms: int | None
+    queued_ms: int | None = None
+    reason: str | None = Field(default=None, description="why it did not complete normally")
+
+
+class ExecutionHistory(BaseModel):
+    project_id: str
+    executions: list[Execution]
+
+
+class FileRead(BaseModel):
+    project_id: str
+    path: str
+    content: str
+    encoding: Literal["utf-8", "base64"]
+    sha256: str = Field(description="of the whole file; pass as if_match to write safely")
+    size: int
+    offset: int = Field(description="first line returned (1-based), or first byte for base64")
+    total_lines: int | None = None
+    lines_returned: int | None = None
+    truncated: bool = Field(description="more of the file remains after what was returned")
+
+
+class FileWrite(BaseModel):
+    project_id: str
+    path: str
+    sha256: str
+    size: int
+    created: bool
+
+
+class EditResult(BaseModel):
+    project_id: str
+    path: str
+    sha256: str = Field(description="of the file after the edit (unchanged on dry_run)")
+    replacements: int
+    diff: str
+    applied: bool = Field(description="false for dry_run")
+
+
+class FileEntry(BaseModel):
+    path: str
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int
+    modified_at: datetime
+
+
+class FileList(BaseModel):
+    project_id: str
+    path: str
+    entries: list[FileEntry]
+    truncated: bool
+
+
+class SearchHit(BaseModel):
+    path: str
+    line: int | None = None
+    text: str | None = None
+
+
+class SearchResults(BaseModel):
+    project_id: str
+    matches: list[SearchHit]
+    files_scanned: int
+    truncated: bool
+
+
+class MoveResult(BaseModel):
+    project_id: str
+    source: str
+    destination: str
+
+
+class PathRemoval(BaseModel):
+    project_id: str
+    path: str
+    removed: bool
+
+
+class EventsResult(BaseModel):
+    project_id: str
+    events: list[Event]
+    last_event_id: int
+
+
+class WhoAmI(BaseModel):
+    agent_id: str
+    transport: Literal["stdio", "http", "memory"]
+    projects: dict[str, AccessLevel]
