@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a full test run: installs what the tests need (Python
+# packages into .venv; bubblewrap when missing), runs the static checks, then pytest.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k conformance -x
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$ROOT"
+
+if [ "$(uname -s)" = Linux ]; then
+    apt_install bubblewrap python3 procps
+fi
+ensure_venv dev
+
+log "ruff check"
+.venv/bin/ruff check .
+log "ruff format --check"
+.venv/bin/ruff format --check .
+log "mypy --strict"
+.venv/bin/mypy
+log "pytest"
+.venv/bin/pytest "$@"

@@ -1,0 +1,43 @@
+"""Shared fixtures: an asyncio backend, a data directory, and ProjectVM servers to talk to."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from server.app import ServerHandle, build_server
+from server.config import ServerConfig
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # aiosqlite and the SDK's stdio client are asyncio-only.
+    return "asyncio"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def requires_bwrap() -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed here (the README's test command installs it)")
+
+
+@pytest.fixture
+def local_config(data_dir: Path, requires_bwrap: None) -> ServerConfig:
+    return ServerConfig.load(data_dir, driver="local")
+
+
+@pytest.fixture
+async def alice(local_config: ServerConfig) -> AsyncIterator[tuple[Client, ServerHandle]]:
+    """An in-memory MCP client acting as agent 'alice' on a local-driver server."""
+    handle = build_server(local_config, transport="memory", agent="alice")
+    async with Client(handle.mcp) as client:
+        yield client, handle

@@ -1,0 +1,38 @@
+"""Small helpers for tests that talk MCP."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from mcp import Client
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call a tool that must succeed; return its structured result."""
+    result = await client.call_tool(tool, arguments)
+    text = " ".join(getattr(block, "text", "") for block in result.content)
+    assert not result.is_error, f"{tool} failed: {text}"
+    assert result.structured_content is not None, f"{tool} returned no structured content"
+    return result.structured_content
+
+
+async def call_error(client: Client, tool: str, **arguments: Any) -> str:
+    """Call a tool that must fail; return the error text the agent reads."""
+    result = await client.call_tool(tool, arguments)
+    text = " ".join(getattr(block, "text", "") for block in result.content)
+    assert result.is_error, f"{tool} unexpectedly succeeded: {result.structured_content}"
+    return text
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str = "the condition"
+) -> None:
+    """Re-run ``check`` (each run is a real round trip) until it holds, within ``timeout``."""
+    try:
+        with anyio.fail_after(timeout):
+            while not await check():
+                await anyio.lowlevel.checkpoint()
+    except TimeoutError:
+        raise AssertionError(f"{what} did not happen within {timeout}s") from None
