@@ -162,6 +162,49 @@ async def _doctor(args: argparse.Namespace) -> None:
         _print(f"no driver can be used: {report.get('selection_error')}")
 
 
+# -- images -------------------------------------------------------------------------------
+
+
+async def _image(args: argparse.Namespace) -> None:
+    """Build the project runtime image with no registry, or report whether it exists."""
+    import shutil
+
+    from guest_runtime.image.rootfs import IMAGE_VERSION, build_rootfs, tar_rootfs
+    from vm_drivers.base import DriverContext
+    from vm_drivers.docker import DockerDriver
+    from vm_drivers.registry import DriverSet
+
+    config = _config(args)
+    drivers = DriverSet(DriverContext(data_dir=config.data_dir), config.drivers)
+    try:
+        driver = drivers.get("docker")
+        assert isinstance(driver, DockerDriver)
+        availability = await driver.probe()
+        engine = availability.details.get("engine")
+        if engine is None:
+            raise ProjectVMError(availability.reason)
+        if args.image_command == "status":
+            _print(f"engine: {engine}")
+            for key, value in availability.details.items():
+                if key.startswith("image "):
+                    _print(f"{key}: {value}")
+            return
+        tag = args.tag or f"projectvm/{args.template}:{IMAGE_VERSION}"
+        work = Path(args.work_dir or config.data_dir / "build") / args.template
+        rootfs, archive = work / "rootfs", work / "rootfs.tar"
+        _print(f"building {tag} from Debian packages (no registry) on {engine}")
+        try:
+            await build_rootfs(rootfs, args.template, mirror=args.mirror, progress=_print)
+            await tar_rootfs(rootfs, archive, progress=_print)
+            await driver.import_rootfs(archive, tag, progress=_print)
+        finally:
+            if not args.keep:
+                await anyio.to_thread.run_sync(lambda: shutil.rmtree(work, ignore_errors=True))
+        _print(f"done: {tag}")
+    finally:
+        await drivers.aclose()
+
+
 # -- agents and projects ------------------------------------------------------------------
 
 
@@ -284,6 +327,18 @@ def _parser() -> argparse.ArgumentParser:
     project_list = project_commands.add_parser("list", help="list every project")
     project_list.add_argument("--json", action="store_true")
 
+    image = commands.add_parser("image", help="the project runtime image (docker driver)")
+    image_commands = image.add_subparsers(dest="image_command", required=True)
+    build = image_commands.add_parser(
+        "build", help="build the runtime image from Debian packages and import it (no registry)"
+    )
+    build.add_argument("--template", default="runtime", choices=["runtime", "minimal"])
+    build.add_argument("--tag", help="image name (default projectvm/TEMPLATE:VERSION)")
+    build.add_argument("--mirror", help="Debian mirror (default: the one apt uses here)")
+    build.add_argument("--work-dir", help="scratch directory (default DATA_DIR/build)")
+    build.add_argument("--keep", action="store_true", help="keep the root filesystem and tar")
+    image_commands.add_parser("status", help="is the engine up and the runtime image there")
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -297,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "doctor": _doctor,
         "agents": _agents,
         "projects": _projects,
+        "image": _image,
     }
     if args.command == "version":
         _print(f"projectvm {__version__}")

@@ -371,14 +371,46 @@ class ProjectService:
                 "start_project to start it"
             )
         try:
-            return await self.channels.client(
-                project.project_id, self._driver(project), project.vm_id
-            )
+            try:
+                return await self.channels.client(
+                    project.project_id, self._driver(project), project.vm_id
+                )
+            except GuestUnreachable as first:
+                # The VM may have crashed, or been stopped or removed behind our back.
+                await self._recover(project, str(first))
+                return await self.channels.client(
+                    project.project_id, self._driver(project), project.vm_id
+                )
         except (GuestUnreachable, DriverError) as err:
             raise GuestUnreachable(
                 f"cannot reach the VM of project {project.project_id}: {err}; try again, or "
                 "stop_project and start_project to restart it"
             ) from err
+
+    async def _recover(self, project: Project, reason: str) -> None:
+        """Start the VM of a project recorded as running whose VM is not (once per call)."""
+        async with self._runtime(project.project_id).lifecycle:
+            current = await self.store.get_project(project.project_id)
+            if current is None or current.vm_status != VMStatus.RUNNING or current.vm_id is None:
+                raise ProjectNotRunning(
+                    f"project {project.project_id} was stopped or deleted meanwhile; call "
+                    "start_project to start it"
+                )
+            driver = self._driver(current)
+            try:
+                status = await driver.get_vm_status(current.vm_id)
+            except VMNotFound as err:
+                await self._set_status(current, None, VMStatus.FAILED, f"the VM is gone: {err}")
+                raise
+            if status == VMStatus.RUNNING:
+                return  # running: the channel failed for another reason; the retry will tell
+            await driver.start_project_vm(current.vm_id)
+            await self.store.append_event(
+                current.project_id,
+                None,
+                "vm.recovered",
+                {"was": status, "reason": reason},
+            )
 
     # -- commands -----------------------------------------------------------------------------
 

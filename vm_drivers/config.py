@@ -9,14 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from guest_runtime.image.rootfs import IMAGE_VERSION
 from vm_drivers.base import DriverContext
 
 if TYPE_CHECKING:
     from vm_drivers.base import VMDriver
 
-__all__ = ["DriverConfig", "LocalDriverConfig", "parse_driver_config"]
+__all__ = [
+    "DockerDriverConfig",
+    "DockerTemplate",
+    "DriverConfig",
+    "LocalDriverConfig",
+    "parse_driver_config",
+]
 
 
 class _Config(BaseModel):
@@ -48,7 +55,73 @@ class LocalDriverConfig(_Config):
         return LocalDriver(self, context)
 
 
-DriverConfig = Annotated[LocalDriverConfig, Field(discriminator="type")]
+class DockerTemplate(_Config):
+    """The image and default limits a project type gets."""
+
+    image: str = Field(description="image reference, e.g. projectvm/runtime:1")
+    cpus: float = Field(default=2, gt=0, description="CPU limit when the project sets none")
+    memory_mb: int = Field(
+        default=2048, gt=0, description="memory limit when the project sets none"
+    )
+    pids_limit: int = Field(default=1024, gt=0, description="process limit (contains fork bombs)")
+
+
+def _default_templates() -> dict[str, DockerTemplate]:
+    image = f"projectvm/runtime:{IMAGE_VERSION}"
+    full = DockerTemplate(image=image)
+    return {
+        "development": full,
+        "analysis": full,
+        "deployment": full,
+        "sandbox": DockerTemplate(image=image, cpus=1, memory_mb=512, pids_limit=256),
+    }
+
+
+class DockerDriverConfig(_Config):
+    """Containers through the Docker Engine API: Docker, Podman's service, Colima."""
+
+    type: Literal["docker"] = "docker"
+    base_url: str | None = Field(
+        default=None,
+        description="engine address (unix:///path or tcp://host:port); default DOCKER_HOST, "
+        "else the platform's default socket",
+    )
+    templates: dict[str, DockerTemplate] = Field(
+        default_factory=_default_templates,
+        description="per project type: image and default limits; 'development' is the fallback",
+    )
+    egress_network: str = Field(
+        default="bridge", description="network for projects whose settings allow egress"
+    )
+    nofile_limit: int | None = Field(
+        default=None,
+        description="open-files ulimit in containers; default: the engine's; must not exceed "
+        "the engine's own hard limit or containers fail to start",
+    )
+    nproc_limit: int | None = Field(
+        default=None,
+        description="processes ulimit in containers; default: the engine's (the pids limit is "
+        "what contains a fork bomb)",
+    )
+    api_timeout_s: float = Field(default=120, gt=0, description="timeout of one engine API call")
+    stop_timeout_s: int = Field(
+        default=5, ge=0, description="grace before a stopping container is killed"
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _has_development(cls, value: dict[str, DockerTemplate]) -> dict[str, DockerTemplate]:
+        if "development" not in value:
+            raise ValueError("templates must include 'development' (the fallback)")
+        return value
+
+    def build(self, context: DriverContext) -> VMDriver:
+        from vm_drivers.docker import DockerDriver
+
+        return DockerDriver(self, context)
+
+
+DriverConfig = Annotated[LocalDriverConfig | DockerDriverConfig, Field(discriminator="type")]
 
 _ADAPTER: TypeAdapter[DriverConfig] = TypeAdapter(DriverConfig)
 

@@ -53,9 +53,9 @@ class DriverConfigError(DriverError, ValueError):
 
 
 class VMNotFound(DriverError, LookupError):
-    def __init__(self, vm_id: str, detail: str = "") -> None:
-        super().__init__(f"VM {vm_id!r} does not exist" + (f" ({detail})" if detail else ""))
-        self.vm_id = vm_id
+    @classmethod
+    def of(cls, vm_id: str, detail: str = "") -> VMNotFound:
+        return cls(f"VM {vm_id!r} does not exist" + (f" ({detail})" if detail else ""))
 
 
 class VMCreationFailed(DriverError, RuntimeError):

@@ -140,7 +140,7 @@ class LocalDriver:
 
     def _record_path(self, vm_id: str) -> Path:
         if not vm_id.replace("-", "").replace("_", "").isalnum():
-            raise VMNotFound(vm_id, "not a local VM id")
+            raise VMNotFound.of(vm_id, "not a local VM id")
         return self.root / "vms" / f"{vm_id}.json"
 
     def workspace_dir(self, vm_id: str) -> Path:
@@ -154,7 +154,7 @@ class LocalDriver:
         try:
             return _VMRecord.model_validate_json(path.read_bytes())
         except FileNotFoundError:
-            raise VMNotFound(vm_id) from None
+            raise VMNotFound.of(vm_id) from None
         except ValidationError as err:
             raise VMOperationFailed(
                 f"the record of VM {vm_id} at {path} is corrupt: {err}"

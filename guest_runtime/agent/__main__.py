@@ -1,8 +1,9 @@
-"""Entry point: ``python3 agent.pyz --root /workspace [--stdio | --serial DEVICE]``.
+"""Entry point: ``python3 agent.pyz --root /workspace [--stdio | --serial DEVICE | --init]``.
 
 ``--stdio`` (the default) serves one session on stdin/stdout and exits when stdin closes; every
 command it started is killed then. ``--serial`` serves a virtio-serial port, session after
-session, for VMs whose host connects over a character device.
+session, for VMs whose host connects over a character device. ``--init`` is a minimal PID 1 for
+containers: it reaps orphaned processes and exits promptly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -93,6 +94,23 @@ async def _serve_serial(agent: Agent, device: str) -> None:
     agent.execs.kill_all()
 
 
+def run_init() -> int:
+    """Be PID 1: reap every child that exits, stop on SIGTERM or SIGINT."""
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    while True:
+        received = signal.sigwaitinfo(watched)
+        if received.si_signo != signal.SIGCHLD:
+            return 0
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="projectvm-agent", description=__doc__)
     parser.add_argument("--root", default="/workspace", help="workspace root (default /workspace)")
@@ -106,7 +124,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="largest request accepted",
     )
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--init", action="store_true", help="run as a container's PID 1")
     args = parser.parse_args(argv)
+    if args.init:
+        return run_init()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     if not os.path.isdir(args.root):
         sys.stderr.write("projectvm-agent: workspace root %s does not exist\n" % args.root)

@@ -149,3 +149,20 @@ async def test_stat_reports_type_size_and_hash(guest: GuestClient) -> None:
     assert (info.exists, info.type, info.size) == (True, "file", 5)
     assert info.sha256 == hashlib.sha256(b"12345").hexdigest()
     assert not (await guest.stat("nope")).exists
+
+
+async def test_many_mixed_calls_share_the_channel_concurrently(guest: GuestClient) -> None:
+    seen: dict[int, bytes] = {}
+
+    async def one(number: int) -> None:
+        data = f"{number}\n".encode() * (number + 1)
+        await guest.write_file(f"many/{number}.txt", data)
+        seen[number] = (await guest.read_file(f"many/{number}.txt")).data
+        listing = await guest.list_dir("many")
+        assert f"many/{number}.txt" in {e.path for e in listing.entries}
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as group:
+            for number in range(40):
+                group.start_soon(one, number)
+    assert seen == {n: f"{n}\n".encode() * (n + 1) for n in range(40)}

@@ -1,0 +1,1 @@
+"""Recipes for project images: a Dockerfile, and a registry-free Debian root filesystem."""

@@ -1,0 +1,84 @@
+"""The `projectvm` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from server import __version__
+from server.auth import resolve_token
+from server.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+async def projectvm(data_dir: Path, *args: str, check: bool = True) -> tuple[int, str, str]:
+    result = await anyio.run_process(
+        [sys.executable, "-m", "server.cli", "--data-dir", str(data_dir), *args],
+        check=False,
+        env={**os.environ},
+    )
+    out, err = result.stdout.decode(), result.stderr.decode()
+    if check:
+        assert result.returncode == 0, err
+    return result.returncode, out, err
+
+
+async def test_version(data_dir: Path) -> None:
+    _, out, _ = await projectvm(data_dir, "version")
+    assert out.strip() == f"projectvm {__version__}"
+
+
+async def test_agent_tokens_are_shown_once_and_only_hashes_are_stored(data_dir: Path) -> None:
+    _, out, _ = await projectvm(data_dir, "agents", "add", "bob", "--quiet")
+    token = out.strip()
+    assert token.startswith("pvm_")
+    code, _, err = await projectvm(data_dir, "agents", "add", "bob", check=False)
+    assert code == 1
+    assert "projectvm agents token bob" in err
+    database = (data_dir / "projectvm.db").read_bytes()
+    assert token.encode() not in database
+    async with await Store.open(data_dir / "projectvm.db") as store:
+        assert await resolve_token(store, token) == "bob"
+    _, out, _ = await projectvm(data_dir, "agents", "token", "bob", "--quiet")
+    async with await Store.open(data_dir / "projectvm.db") as store:
+        assert await resolve_token(store, token) is None
+        assert await resolve_token(store, out.strip()) == "bob"
+    _, listing, _ = await projectvm(data_dir, "agents", "list")
+    assert listing.startswith("bob")
+    _, out, _ = await projectvm(data_dir, "agents", "remove", "bob")
+    assert "no longer works" in out
+    code, _, err = await projectvm(data_dir, "agents", "add", "Bad Name", check=False)
+    assert code == 1
+    assert "not a valid agent name" in err
+
+
+async def test_doctor_reports_each_driver_and_the_choice(
+    data_dir: Path, requires_bwrap: None
+) -> None:
+    _, out, _ = await projectvm(data_dir, "doctor", "--json")
+    report = json.loads(out)
+    drivers = {row["driver"]: row for row in report["drivers"]}
+    assert drivers["local"]["usable"] is True
+    assert "bwrap" in drivers["local"]["details"]
+    assert report["selected"] in drivers
+    docker_row = drivers["docker"]
+    if docker_row["details"].get("engine"):
+        # An engine answers here: doctor names it, its version, and the image's presence.
+        assert docker_row["details"]["api"]
+        assert any(key.startswith("image projectvm/runtime") for key in docker_row["details"])
+    else:
+        assert "engine did not answer" in docker_row["reason"]
+    _, text, _ = await projectvm(data_dir, "doctor")
+    assert "local" in text
+    assert "new projects will use" in text
+
+
+async def test_projects_list_on_an_empty_data_dir(data_dir: Path) -> None:
+    _, out, _ = await projectvm(data_dir, "projects", "list")
+    assert out.strip() == "no projects"

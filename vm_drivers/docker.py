@@ -1,0 +1,616 @@
+"""The ``docker`` driver: each project VM is a container, through the Docker Engine API.
+
+Works with Docker Engine, Podman's Docker-compatible service and Colima (``DOCKER_HOST`` or the
+default socket). One container per project runs a tiny init; the workspace is a named volume at
+``/workspace``, so it survives stop/start and the container being deleted and re-created (the
+volume's labels keep the spec to re-create it from). The guest agent is copied in and runs as
+**one long-lived exec with attached stdio**: that stream is the channel for every call.
+
+The ``docker`` package is synchronous: every call runs in a worker thread. Its errors are
+translated to the driver error tree here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import ssl
+import struct
+import tarfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import anyio
+import anyio.abc
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.types import Ulimit
+
+from guest_runtime.bundle import agent_zipapp, agent_zipapp_digest
+from vm_drivers.base import (
+    LABEL_PROJECT,
+    LABEL_VM,
+    Availability,
+    DriverContext,
+    VMCreationResult,
+    VMDriver,
+    VMInfo,
+    VMSpec,
+    VMStatus,
+)
+from vm_drivers.config import DockerDriverConfig, DockerTemplate
+from vm_drivers.errors import (
+    DriverConfigError,
+    DriverError,
+    DriverTimeout,
+    DriverUnavailable,
+    GuestUnreachable,
+    VMCreationFailed,
+    VMNotFound,
+    VMOperationFailed,
+    VMResourceExhausted,
+)
+
+__all__ = ["ERROR_TRANSLATIONS", "DockerDriver", "translate_docker_error"]
+
+T = TypeVar("T")
+
+WORKSPACE = "/workspace"
+AGENT_DIR = "/.projectvm"
+INIT_PATH = f"{AGENT_DIR}/init.pyz"
+LABEL_SPEC = "projectvm.spec"
+ENGINE_HINT = (
+    "start Docker (or `podman system service unix:///run/podman/podman.sock` with "
+    "DOCKER_HOST=unix:///run/podman/podman.sock), or choose another driver"
+)
+
+# Every exception the docker SDK (and requests under it) can raise, and what it means here.
+ERROR_TRANSLATIONS: dict[type[BaseException], type[DriverError]] = {
+    docker.errors.ImageNotFound: VMCreationFailed,
+    docker.errors.NotFound: VMNotFound,
+    docker.errors.APIError: VMOperationFailed,
+    docker.errors.ContainerError: VMOperationFailed,
+    docker.errors.BuildError: VMCreationFailed,
+    docker.errors.ImageLoadError: VMCreationFailed,
+    docker.errors.StreamParseError: VMOperationFailed,
+    docker.errors.DeprecatedMethod: VMOperationFailed,
+    docker.errors.NullResource: DriverConfigError,
+    docker.errors.InvalidArgument: DriverConfigError,
+    docker.errors.InvalidVersion: DriverConfigError,
+    docker.errors.InvalidRepository: DriverConfigError,
+    docker.errors.InvalidConfigFile: DriverConfigError,
+    docker.errors.TLSParameterError: DriverConfigError,
+    docker.errors.MissingContextParameter: DriverConfigError,
+    docker.errors.ContextAlreadyExists: DriverConfigError,
+    docker.errors.ContextNotFound: DriverConfigError,
+    docker.errors.ContextException: DriverConfigError,
+    docker.errors.DockerException: VMOperationFailed,
+    requests.exceptions.Timeout: DriverTimeout,
+    requests.exceptions.ConnectionError: DriverUnavailable,
+    requests.exceptions.RequestException: VMOperationFailed,
+}
+
+
+def translate_docker_error(err: BaseException, action: str) -> DriverError:
+    """The driver error for a docker SDK exception raised while doing ``action``."""
+    target = next(
+        (ERROR_TRANSLATIONS[cls] for cls in type(err).__mro__ if cls in ERROR_TRANSLATIONS),
+        VMOperationFailed,
+    )
+    detail = getattr(err, "explanation", None) or str(err) or type(err).__name__
+    if isinstance(err, docker.errors.APIError):
+        lowered = str(detail).lower()
+        if "no space left" in lowered or "out of memory" in lowered or "quota" in lowered:
+            target = VMResourceExhausted
+    if target is DriverUnavailable:
+        return DriverUnavailable("docker", f"the engine did not answer ({detail})", ENGINE_HINT)
+    if target is VMNotFound:
+        return VMNotFound(f"{action} failed: not found ({detail})")
+    return target(f"{action} failed: {detail}")
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class _ExecChannel(anyio.abc.ByteStream):
+    """An attached exec's hijacked connection: raw stdin out, multiplexed stdout/stderr in.
+
+    Without a TTY the engine frames output as ``[stream, 0, 0, 0, size:u32be] payload``; stdout
+    frames are the protocol, stderr frames are the agent's log, kept for diagnostics.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self.stderr_tail = b""
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def _fill(self, size: int) -> bool:
+        while len(self._buffer) < size:
+            try:
+                self._buffer += await self._stream.receive()
+            except anyio.EndOfStream:
+                return False
+        return True
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            if not await self._fill(8):
+                raise anyio.EndOfStream
+            kind, size = self._buffer[0], struct.unpack(">I", self._buffer[4:8])[0]
+            if not await self._fill(8 + size):
+                raise anyio.EndOfStream
+            payload = bytes(self._buffer[8 : 8 + size])
+            del self._buffer[: 8 + size]
+            if kind == 2:
+                self.stderr_tail = (self.stderr_tail + payload)[-4096:]
+                continue
+            if payload:
+                return payload
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class DockerDriver:
+    name: ClassVar[str] = "docker"
+
+    def __init__(self, config: DockerDriverConfig, context: DriverContext) -> None:
+        self.config = config
+        self.context = context
+        self._client: docker.DockerClient | None = None
+        self._locks: dict[str, anyio.Lock] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def call() -> T:
+            return fn(*args, **kwargs)
+
+        try:
+            return await anyio.to_thread.run_sync(call)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            raise translate_docker_error(err, action) from err
+
+    async def client(self) -> docker.DockerClient:
+        if self._client is None:
+            options: dict[str, Any] = {
+                "timeout": int(self.config.api_timeout_s),
+                "max_pool_size": 32,
+            }
+            if self.config.base_url:
+                self._client = await self._call(
+                    "connecting to the engine",
+                    docker.DockerClient,
+                    base_url=self.config.base_url,
+                    **options,
+                )
+            else:
+                self._client = await self._call(
+                    "connecting to the engine", docker.from_env, **options
+                )
+        return self._client
+
+    def _lock(self, vm_id: str) -> anyio.Lock:
+        return self._locks.setdefault(vm_id, anyio.Lock())
+
+    @staticmethod
+    def _volume_name(vm_id: str) -> str:
+        return f"{vm_id}-workspace"
+
+    def template(self, project_type: str) -> DockerTemplate:
+        templates = self.config.templates
+        return templates.get(project_type) or templates["development"]
+
+    async def _container(self, vm_id: str) -> Container | None:
+        client = await self.client()
+        try:
+            return await self._call(f"inspecting {vm_id}", client.containers.get, vm_id)
+        except VMNotFound:
+            return None
+
+    async def _volume_spec(self, vm_id: str) -> VMSpec | None:
+        client = await self.client()
+        try:
+            volume = await self._call(
+                f"inspecting the workspace of {vm_id}",
+                client.volumes.get,
+                self._volume_name(vm_id),
+            )
+        except VMNotFound:
+            return None
+        labels = volume.attrs.get("Labels") or {}
+        try:
+            return VMSpec.model_validate_json(labels[LABEL_SPEC])
+        except (KeyError, ValueError) as err:
+            raise VMOperationFailed(
+                f"the workspace volume of {vm_id} has no usable spec label ({err}); it was not "
+                "made by this ProjectVM"
+            ) from err
+
+    # -- containers ---------------------------------------------------------------------------
+
+    def _labels(self, spec: VMSpec, vm_id: str) -> dict[str, str]:
+        return {**spec.labels, LABEL_PROJECT: spec.project_id, LABEL_VM: vm_id}
+
+    async def _create_container(self, vm_id: str, spec: VMSpec) -> Container:
+        client = await self.client()
+        template = self.template(spec.project_type)
+        image = spec.image or template.image
+        cpus = spec.cpus or template.cpus
+        memory_mb = spec.memory_mb or template.memory_mb
+        ulimits = [
+            Ulimit(name=name, soft=value, hard=value)
+            for name, value in (
+                ("nofile", self.config.nofile_limit),
+                ("nproc", self.config.nproc_limit),
+            )
+            if value is not None
+        ]
+        network: dict[str, Any] = (
+            {"network": self.config.egress_network}
+            if spec.network == "egress"
+            else {"network_mode": "none"}
+        )
+        container = await self._call(
+            f"creating container {vm_id}",
+            client.containers.create,
+            image,
+            command=["python3", INIT_PATH, "--init"],
+            name=vm_id,
+            hostname=f"pvm-{spec.project_id[-12:]}",
+            labels=self._labels(spec, vm_id),
+            volumes={self._volume_name(vm_id): {"bind": WORKSPACE, "mode": "rw"}},
+            working_dir=WORKSPACE,
+            environment={
+                "HOME": WORKSPACE,
+                "LANG": "C.UTF-8",
+                "PROJECTVM_PROJECT_ID": spec.project_id,
+            },
+            nano_cpus=int(cpus * 1e9),
+            mem_limit=f"{memory_mb}m",
+            pids_limit=spec.pids_limit or template.pids_limit,
+            ulimits=ulimits or None,
+            security_opt=["no-new-privileges"],
+            stop_signal="SIGTERM",
+            detach=True,
+            **network,
+        )
+        await self._call(
+            f"copying the init into {vm_id}",
+            container.put_archive,
+            "/",
+            _tar_of({INIT_PATH.lstrip("/"): agent_zipapp()}),
+        )
+        return container
+
+    async def _inject_agent(self, container: Container) -> str:
+        """Copy the current guest agent in (idempotent); return its path in the container."""
+        path = f"{AGENT_DIR}/agent-{agent_zipapp_digest()}.pyz"
+        await self._call(
+            f"copying the guest agent into {container.name}",
+            container.put_archive,
+            "/",
+            _tar_of({path.lstrip("/"): agent_zipapp()}),
+        )
+        return path
+
+    async def _start(self, container: Container) -> None:
+        await self._call(f"starting {container.name}", container.start)
+
+    # -- VMDriver -----------------------------------------------------------------------------
+
+    async def create_project_vm(self, spec: VMSpec) -> VMCreationResult:
+        vm_id = f"pvm-{spec.project_id}"
+        client = await self.client()
+        image = spec.image or self.template(spec.project_type).image
+        try:
+            await self._call(f"looking up image {image}", client.images.get, image)
+        except (VMNotFound, VMCreationFailed) as err:
+            raise VMCreationFailed(
+                f"the image {image} is not available to the engine; build it with "
+                "`projectvm image build` (no registry needed) or pull it"
+            ) from err
+        async with self._lock(vm_id):
+            try:
+                await self._call(
+                    f"creating the workspace volume of {vm_id}",
+                    client.volumes.create,
+                    name=self._volume_name(vm_id),
+                    labels={**self._labels(spec, vm_id), LABEL_SPEC: spec.model_dump_json()},
+                )
+                container = await self._create_container(vm_id, spec)
+                await self._start(container)
+            except DriverError as err:
+                with anyio.CancelScope(shield=True):
+                    await self._remove(vm_id)
+                raise VMCreationFailed(f"could not create VM {vm_id}: {err}") from err
+        return VMCreationResult(
+            vm_id=vm_id,
+            status=VMStatus.RUNNING,
+            workspace_path=f"volume:{self._volume_name(vm_id)}",
+            details={"image": image},
+        )
+
+    async def start_project_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            container = await self._container(vm_id)
+            if container is None:
+                spec = await self._volume_spec(vm_id)
+                if spec is None:
+                    raise VMNotFound.of(vm_id)
+                container = await self._create_container(vm_id, spec)
+            if container.status != "running":
+                await self._start(container)
+
+    async def stop_project_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            container = await self._container(vm_id)
+            if container is None:
+                if await self._volume_spec(vm_id) is None:
+                    raise VMNotFound.of(vm_id)
+                return
+            await self._call(
+                f"stopping {vm_id}", container.stop, timeout=self.config.stop_timeout_s
+            )
+
+    async def _remove(self, vm_id: str) -> None:
+        client = await self.client()
+        container = await self._container(vm_id)
+        if container is not None:
+            try:
+                await self._call(f"removing {vm_id}", container.remove, force=True)
+            except VMNotFound:
+                pass
+        try:
+            volume = await self._call(
+                f"finding the workspace of {vm_id}", client.volumes.get, self._volume_name(vm_id)
+            )
+            await self._call(f"removing the workspace of {vm_id}", volume.remove, force=True)
+        except VMNotFound:
+            pass
+
+    async def destroy_project_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            await self._remove(vm_id)
+        self._locks.pop(vm_id, None)
+
+    async def get_vm_status(self, vm_id: str) -> VMStatus:
+        container = await self._container(vm_id)
+        if container is None:
+            if await self._volume_spec(vm_id) is None:
+                raise VMNotFound.of(vm_id)
+            return VMStatus.STOPPED
+        return self._status(container.attrs.get("State") or {})
+
+    @staticmethod
+    def _status(state: dict[str, Any]) -> VMStatus:
+        status = str(state.get("Status", "")).lower()
+        if status == "running" and not state.get("Paused"):
+            return VMStatus.RUNNING
+        if status in ("created", "restarting"):
+            return VMStatus.CREATING if status == "restarting" else VMStatus.STOPPED
+        if status == "removing":
+            return VMStatus.DESTROYING
+        if status == "dead" or state.get("OOMKilled"):
+            return VMStatus.FAILED
+        return VMStatus.STOPPED
+
+    async def get_vm_url(self, vm_id: str) -> str | None:
+        if await self._container(vm_id) is None and await self._volume_spec(vm_id) is None:
+            raise VMNotFound.of(vm_id)
+        return None
+
+    async def open_channel(self, vm_id: str) -> anyio.abc.ByteStream:
+        container = await self._container(vm_id)
+        if container is None:
+            raise GuestUnreachable(f"the container of VM {vm_id} does not exist; start it first")
+        state = self._status(container.attrs.get("State") or {})
+        if state != VMStatus.RUNNING:
+            raise GuestUnreachable(f"VM {vm_id} is {state}; start it first")
+        agent = await self._inject_agent(container)
+        client = await self.client()
+        api = client.api
+        exec_id = await self._call(
+            f"starting the guest agent in {vm_id}",
+            api.exec_create,
+            container.id,
+            ["python3", agent, "--root", WORKSPACE],
+            stdin=True,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            workdir=WORKSPACE,
+        )
+        raw = await self._call(
+            f"attaching to the guest agent in {vm_id}",
+            api.exec_start,
+            exec_id["Id"],
+            socket=True,
+        )
+        return _ExecChannel(await self._socket_stream(raw))
+
+    async def _socket_stream(self, raw: Any) -> anyio.abc.SocketStream:
+        sock = getattr(raw, "_sock", raw)
+        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+            raise DriverUnavailable(
+                "docker",
+                "attached channels need a unix or plain TCP engine socket",
+                "point DOCKER_HOST at unix:// or tcp:// (TLS and ssh engines are not supported)",
+            )
+        # Our own descriptor for the connection; docker-py's objects are closed right away.
+        owned = sock.dup()
+        for handle in (raw, sock):
+            try:
+                handle.close()
+            except OSError:
+                pass
+        owned.setblocking(False)
+        return await anyio.abc.SocketStream.from_socket(owned)
+
+    async def list_vms(self) -> list[VMInfo]:
+        client = await self.client()
+        containers = await self._call(
+            "listing containers", client.containers.list, all=True, filters={"label": LABEL_VM}
+        )
+        found: dict[str, VMInfo] = {}
+        for container in containers:
+            labels = container.labels or {}
+            created = container.attrs.get("Created")
+            found[container.name] = VMInfo(
+                vm_id=container.name,
+                project_id=labels.get(LABEL_PROJECT),
+                status=self._status(container.attrs.get("State") or {}),
+                driver=self.name,
+                created_at=_parse_time(created),
+                labels=labels,
+                detail=f"container {container.short_id}",
+            )
+        volumes = await self._call(
+            "listing volumes", client.volumes.list, filters={"label": LABEL_VM}
+        )
+        for volume in volumes:
+            labels = volume.attrs.get("Labels") or {}
+            vm_id = labels.get(LABEL_VM)
+            if vm_id and vm_id not in found:
+                found[vm_id] = VMInfo(
+                    vm_id=vm_id,
+                    project_id=labels.get(LABEL_PROJECT),
+                    status=VMStatus.STOPPED,
+                    driver=self.name,
+                    created_at=_parse_time(volume.attrs.get("CreatedAt")),
+                    labels={k: v for k, v in labels.items() if k != LABEL_SPEC},
+                    detail=f"volume {volume.name} (no container)",
+                )
+        return sorted(found.values(), key=lambda info: info.vm_id)
+
+    async def probe(self) -> Availability:
+        try:
+            client = await self.client()
+            version = await self._call("asking the engine its version", client.version)
+        except DriverError as err:
+            return Availability(driver=self.name, usable=False, reason=str(err))
+        components = version.get("Components") or [{}]
+        product = components[0].get("Name") or version.get("Platform", {}).get("Name") or "engine"
+        engine = f"{product} {version.get('Version')}"
+        details = {"engine": engine, "api": str(version.get("ApiVersion"))}
+        missing = []
+        for name in sorted({t.image for t in self.config.templates.values()}):
+            try:
+                await self._call(f"looking up {name}", client.images.get, name)
+                details[f"image {name}"] = "present"
+            except (VMNotFound, VMCreationFailed):
+                details[f"image {name}"] = "missing"
+                missing.append(name)
+        if missing:
+            return Availability(
+                driver=self.name,
+                usable=False,
+                reason=f"{engine} answers, but image {', '.join(missing)} is missing: run "
+                "`projectvm image build`",
+                details=details,
+            )
+        return Availability(
+            driver=self.name, usable=True, reason=f"{engine} answers", details=details
+        )
+
+    async def import_rootfs(
+        self, archive: Path, image: str, progress: Callable[[str], None] = lambda _: None
+    ) -> str:
+        """Import a root filesystem tar as ``image`` (``repo:tag``); returns the image id."""
+        client = await self.client()
+        repository, _, tag = image.rpartition(":")
+        size_mb = (await anyio.Path(archive).stat()).st_size / 1e6
+        progress(f"importing {archive.name} ({size_mb:.0f} MB) as {image}")
+        changes = [
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV LANG=C.UTF-8",
+            f"WORKDIR {WORKSPACE}",
+            'CMD ["/bin/bash"]',
+        ]
+        output = await self._call(
+            f"importing {image}",
+            client.api.import_image_from_file,
+            str(archive),
+            repository=repository,
+            tag=tag,
+            changes=changes,
+        )
+        image_id = None
+        for line in str(output).splitlines():
+            try:
+                status = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(status, dict):
+                continue
+            if status.get("errorDetail") or status.get("error"):
+                detail = status.get("errorDetail") or status.get("error")
+                raise VMCreationFailed(f"importing {image} failed: {detail}")
+            image_id = status.get("id") or image_id
+            if str(status.get("status", "")).startswith("sha256:"):
+                image_id = status["status"]
+        if image_id is None:
+            raise VMCreationFailed(f"importing {image}: the engine reported no image id")
+        # Some engines (Podman's compatible service) ignore the tag of an import: tag it here.
+        found = await self._call(f"looking up {image_id}", client.images.get, image_id)
+        await self._call(f"tagging {image}", found.tag, repository, tag)
+        if tag != "latest":
+            await self._drop_stray_latest(repository, str(found.id))
+        progress(f"imported {image} ({found.short_id})")
+        return str(found.id)
+
+    async def _drop_stray_latest(self, repository: str, image_id: str) -> None:
+        """Remove ``repository:latest`` if the import just put it on ``image_id`` unasked."""
+        client = await self.client()
+        try:
+            latest = await self._call("inspecting", client.images.get, f"{repository}:latest")
+        except (VMNotFound, VMCreationFailed):
+            return
+        if latest.id == image_id:
+            await self._call(
+                "untagging", client.images.remove, f"{repository}:latest", noprune=True
+            )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await anyio.to_thread.run_sync(client.close)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    if "." in text:  # engines give nanoseconds; Python takes microseconds
+        head, _, rest = text.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        zone = rest[len(digits) :]
+        text = f"{head}.{digits[:6]}{zone}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+_: type[VMDriver] = DockerDriver
