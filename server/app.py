@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from server import __version__
 from server.config import ServerConfig
+from server.events import Publisher
+from server.resources import register_resources
 from server.service import ProjectService
 from server.state import AppState
 from server.store import Store
@@ -67,11 +70,15 @@ def build_server(
     """An MCP server whose tools act as ``agent`` (stdio, memory) or as each token's agent."""
     handle: ServerHandle
 
+    bus = InMemorySubscriptionBus()
+    publish: Publisher
+
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:
         async with open_service(config) as service:
             if agent is not None:
                 await service.ensure_agent(agent)
+            service.events.add_publisher(publish)
             handle.state = AppState(service=service, transport=transport, default_agent=agent)
             try:
                 yield handle.state
@@ -85,7 +92,9 @@ def build_server(
         version=__version__,
         lifespan=lifespan,
         log_level="WARNING",
+        subscriptions=bus,
     )
     register_tools(mcp)
+    publish = register_resources(mcp, bus)
     handle = ServerHandle(mcp=mcp)
     return handle

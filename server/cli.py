@@ -92,8 +92,8 @@ async def _quickstart(args: argparse.Namespace) -> None:
         _print("self-check: create a project, write a file, run a command, read it back ...")
         info = await service.create_project(agent, "quickstart-check", "created by quickstart")
         try:
-            await service.write_file(agent, info.project_id, "hello.txt", "hello from ProjectVM\n")
-            result = await service.run_command(
+            await service.files.write(agent, info.project_id, "hello.txt", "hello from ProjectVM\n")
+            result = await service.executions.run(
                 agent, info.project_id, "cat hello.txt && uname -sr && echo cwd=$(pwd)"
             )
             for line in result.stdout.splitlines():

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -122,11 +123,13 @@ async def serve_http(
     *,
     allowed_hosts: list[str] | None = None,
     on_ready: Callable[[str], None] | None = None,
+    stop: anyio.Event | None = None,
 ) -> None:
-    """Serve until cancelled or interrupted; ``on_ready`` gets the MCP URL once listening.
+    """Serve until interrupted or ``stop`` is set; ``on_ready`` gets the MCP URL.
 
     The socket is bound before serving starts, so the URL is known (and connectable) at once,
-    even with ``port=0``.
+    even with ``port=0``. Setting ``stop`` shuts down gracefully: open sessions end and the
+    server's lifespan (the store, the VM channels) closes before this returns.
     """
     app = build_http_app(handle, host, port, allowed_hosts)
     sock = _bind(host, port)
@@ -136,5 +139,14 @@ async def serve_http(
     display = f"[{host}]" if ":" in host else host
     if on_ready is not None:
         on_ready(f"http://{display}:{bound_port}{MCP_PATH}")
+    async def stop_when_told() -> None:
+        assert stop is not None
+        await stop.wait()
+        server.should_exit = True
+
     with sock:
-        await server.serve(sockets=[sock])
+        async with anyio.create_task_group() as group:
+            if stop is not None:
+                group.start_soon(stop_when_told)
+            await server.serve(sockets=[sock])
+            group.cancel_scope.cancel()

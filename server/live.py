@@ -6,11 +6,14 @@ is bounded per execution whatever the command prints.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import anyio
 
 from guest_runtime.client import ExecHandle
 from guest_runtime.protocol import ExecExit, ExecOutput
-from server.models import Execution
+from server.models import Execution, ExecutionStatus
+from server.queue import Ticket
 
 __all__ = ["LiveExecution", "render_output"]
 
@@ -33,21 +36,41 @@ class LiveExecution:
         self.chunks: list[ExecOutput] = []
         self.exit: ExecExit | None = None
         self.handle: ExecHandle | None = None
+        self.ticket: Ticket | None = None
+        self.keep_stdin_open = False
+        # Cancelled to pull the execution out of the queue before it starts.
+        self.wait_scope = anyio.CancelScope()
+        # Set when someone stops it on purpose: what to record instead of "killed on request".
+        self.abort_status = ExecutionStatus.CANCELLED
+        self.abort_reason: str | None = None
         self.finished = anyio.Event()
         self._changed = anyio.Event()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def mark_started(self, started_at: datetime, queued_ms: int) -> None:
+        self.execution = self.execution.model_copy(
+            update={
+                "status": ExecutionStatus.RUNNING,
+                "started_at": started_at,
+                "queued_ms": queued_ms,
+            }
+        )
+        self.notify()
 
     def add(self, event: ExecOutput | ExecExit) -> None:
         if isinstance(event, ExecOutput):
             self.chunks.append(event)
         else:
             self.exit = event
-        self._changed.set()
-        self._changed = anyio.Event()
+        self.notify()
 
     def finish(self, execution: Execution) -> None:
         self.execution = execution
         self.finished.set()
-        self._changed.set()
+        self.notify()
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return after new output or the end, or after ``timeout`` seconds."""

@@ -82,4 +82,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX events_by_project ON events(project_id, event_id)",
         ],
     ),
+    (
+        2,
+        [
+            """CREATE TABLE path_locks (
+                project_id  TEXT NOT NULL REFERENCES projects(project_id) ON DELETE CASCADE,
+                path        TEXT NOT NULL,
+                agent_id    TEXT NOT NULL,
+                acquired_at TEXT NOT NULL,
+                expires_at  TEXT NOT NULL,
+                PRIMARY KEY (project_id, path)
+            )""",
+        ],
+    ),
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "Execution",
     "ExecutionStatus",
     "Member",
+    "PathLock",
     "Project",
     "ProjectSettings",
     "ProjectType",
@@ -151,6 +152,18 @@ class Execution(_Model):
     completed_at: datetime | None = None
     duration_ms: int | None = None
     queued_ms: int | None = None
+    queue_position: int | None = Field(
+        default=None, description="for a queued execution: 1 = starts next"
+    )
+
+
+class PathLock(_Model):
+    """An advisory lock: writes by other agents under ``path`` are refused until it expires."""
+
+    path: str = Field(description="workspace-relative path; '' locks the whole workspace")
+    agent_id: str
+    acquired_at: datetime
+    expires_at: datetime
 
 
 class Event(_Model):

@@ -13,6 +13,7 @@ from server.models import (
     Execution,
     ExecutionStatus,
     Member,
+    PathLock,
     Project,
     ProjectSettings,
     ProjectType,
@@ -20,15 +21,20 @@ from server.models import (
 )
 
 __all__ = [
+    "CommandOutput",
     "CommandResult",
     "DeleteResult",
     "EditResult",
     "EventsResult",
     "ExecutionHistory",
+    "ExecutionList",
     "FileEntry",
     "FileList",
     "FileRead",
     "FileWrite",
+    "LockList",
+    "LockResult",
+    "MemberList",
     "MoveResult",
     "ProjectInfo",
     "ProjectList",
@@ -117,6 +123,28 @@ class CommandResult(BaseModel):
     duration_ms: int | None
     queued_ms: int | None = None
     reason: str | None = Field(default=None, description="why it did not complete normally")
+    next_since: int = Field(
+        default=0, description="cursor for read_command_output to continue after this output"
+    )
+
+
+class CommandOutput(BaseModel):
+    """Output of an execution after a cursor; follow a running command by passing next_since."""
+
+    execution_id: str
+    status: ExecutionStatus
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    next_since: int
+    finished: bool
+    reason: str | None = None
+
+
+class ExecutionList(BaseModel):
+    project_id: str
+    max_concurrent_executions: int | None
+    executions: list[Execution]
 
 
 class ExecutionHistory(BaseModel):
@@ -191,6 +219,23 @@ class PathRemoval(BaseModel):
     project_id: str
     path: str
     removed: bool
+
+
+class MemberList(BaseModel):
+    project_id: str
+    owner_id: str
+    members: list[Member]
+
+
+class LockResult(BaseModel):
+    project_id: str
+    lock: PathLock | None
+    locked: bool = Field(description="whether the path is now locked by you")
+
+
+class LockList(BaseModel):
+    project_id: str
+    locks: list[PathLock]
 
 
 class EventsResult(BaseModel):

@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from server.service import ProjectService
 
-__all__ = ["AGENT_STATE_KEY", "AppState", "caller"]
+__all__ = ["AGENT_STATE_KEY", "AppState", "caller", "identify"]
 
 # Where the HTTP authentication middleware leaves the agent id in the request's state.
 AGENT_STATE_KEY = "projectvm_agent"
@@ -24,10 +24,10 @@ class AppState:
     default_agent: str | None
 
 
-def caller(ctx: Context[AppState, Any]) -> tuple[AppState, str]:
-    """The server state and the id of the agent making this call."""
-    state = ctx.request_context.lifespan_context
-    request = ctx.request_context.request
+def identify(request_context: Any) -> tuple[AppState, str]:
+    """The server state and the calling agent, from any request context (tool or handler)."""
+    state: AppState = request_context.lifespan_context
+    request = request_context.request
     if request is not None:
         agent = getattr(request.state, AGENT_STATE_KEY, None)
         if isinstance(agent, str):
@@ -36,3 +36,8 @@ def caller(ctx: Context[AppState, Any]) -> tuple[AppState, str]:
     if state.default_agent is None:
         raise ToolError("no agent identity is configured for this transport")
     return state, state.default_agent
+
+
+def caller(ctx: Context[AppState, Any]) -> tuple[AppState, str]:
+    """The server state and the id of the agent making this tool call."""
+    return identify(ctx.request_context)

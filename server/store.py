@@ -25,6 +25,7 @@ from server.models import (
     Execution,
     ExecutionStatus,
     Member,
+    PathLock,
     Project,
     ProjectSettings,
 )
@@ -620,6 +621,14 @@ class Store:
         )
         return [self._event(row) for row in rows]
 
+    async def list_recent_events(self, project_id: str, limit: int) -> list[Event]:
+        rows = await self._fetchall(
+            """SELECT * FROM (SELECT * FROM events WHERE project_id = ?
+                              ORDER BY event_id DESC LIMIT ?) ORDER BY event_id""",
+            (project_id, limit),
+        )
+        return [self._event(row) for row in rows]
+
     async def last_event_for_path(self, project_id: str, path: str) -> Event | None:
         rows = await self._fetchall(
             """SELECT * FROM events WHERE project_id = ? AND kind LIKE 'file.%'
@@ -638,3 +647,58 @@ class Store:
             data=json.loads(row["data"]),
             created_at=_required_dt(row["created_at"]),
         )
+
+    # -- path locks ---------------------------------------------------------------------------
+
+    async def live_locks(self, project_id: str) -> list[PathLock]:
+        """The project's locks that have not expired (expired ones are deleted on the way)."""
+        now = utcnow()
+        async with self.transaction() as db:
+            await db.execute(
+                "DELETE FROM path_locks WHERE project_id = ? AND expires_at <= ?",
+                (project_id, _ts(now)),
+            )
+        rows = await self._fetchall(
+            "SELECT * FROM path_locks WHERE project_id = ? ORDER BY path", (project_id,)
+        )
+        return [
+            PathLock(
+                path=row["path"],
+                agent_id=row["agent_id"],
+                acquired_at=_required_dt(row["acquired_at"]),
+                expires_at=_required_dt(row["expires_at"]),
+            )
+            for row in rows
+        ]
+
+    async def put_lock(self, project_id: str, lock: PathLock) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                """INSERT INTO path_locks (project_id, path, agent_id, acquired_at, expires_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (project_id, path) DO UPDATE SET agent_id = excluded.agent_id,
+                       acquired_at = excluded.acquired_at, expires_at = excluded.expires_at""",
+                (
+                    project_id,
+                    lock.path,
+                    lock.agent_id,
+                    _ts(lock.acquired_at),
+                    _ts(lock.expires_at),
+                ),
+            )
+            await self._insert_event(
+                db,
+                project_id,
+                lock.agent_id,
+                "lock.acquired",
+                {"path": lock.path, "expires_at": _ts(lock.expires_at)},
+            )
+
+    async def delete_lock(self, project_id: str, path: str, agent_id: str) -> bool:
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM path_locks WHERE project_id = ? AND path = ?", (project_id, path)
+            )
+            if cursor.rowcount:
+                await self._insert_event(db, project_id, agent_id, "lock.released", {"path": path})
+            return cursor.rowcount > 0

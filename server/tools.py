@@ -15,14 +15,21 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from guest_runtime.errors import ProjectVMError
+from server.files import TextEdit
 from server.results import (
+    CommandOutput,
     CommandResult,
     DeleteResult,
     EditResult,
+    EventsResult,
     ExecutionHistory,
+    ExecutionList,
     FileList,
     FileRead,
     FileWrite,
+    LockList,
+    LockResult,
+    MemberList,
     MoveResult,
     PathRemoval,
     ProjectInfo,
@@ -31,7 +38,6 @@ from server.results import (
     SearchResults,
     WhoAmI,
 )
-from server.service import TextEdit
 from server.state import AppState, caller
 
 __all__ = ["register_tools"]
@@ -44,6 +50,9 @@ R = TypeVar("R")
 ProjectId = Annotated[str, Field(description="the project's id, as returned by create_project")]
 WorkspacePath = Annotated[
     str, Field(description="path relative to the workspace root (/workspace in the VM)")
+]
+ExecutionId = Annotated[
+    str, Field(description="the execution's id, as returned by run_command or list_executions")
 ]
 IfMatch = Annotated[
     str | None,
@@ -168,16 +177,88 @@ def register_tools(mcp: MCPServer) -> None:
             Field(description="kill the command (and its children) after this many seconds"),
         ] = None,
         stdin: Annotated[str | None, Field(description="text fed to the command's stdin")] = None,
+        wait_s: Annotated[
+            float | None,
+            Field(
+                description="return after this many seconds even if the command still runs "
+                "(status 'running' or 'queued'); follow it with read_command_output"
+            ),
+        ] = None,
+        keep_stdin_open: Annotated[
+            bool, Field(description="keep stdin open so send_input can feed the command")
+        ] = False,
     ) -> CommandResult:
         """Run a shell command in the project's VM and return exit_code, stdout and stderr.
 
-        A non-zero exit_code is a normal result. Long output keeps its start and its end,
-        with the middle omitted (truncated: true).
+        A non-zero exit_code is a normal result. Long output keeps its start and its end, with
+        the middle omitted (truncated: true). Commands beyond the project's concurrency limit
+        wait in a fair queue (queued_ms says how long). Cancelling this call kills the command.
         """
         state, agent = caller(ctx)
-        return await state.service.run_command(
-            agent, project_id, command, cwd=cwd, env=env, timeout_s=timeout_s, stdin=stdin
+
+        async def progress(step: float, message: str) -> None:
+            await ctx.report_progress(step, None, message)
+
+        return await state.service.executions.run(
+            agent,
+            project_id,
+            command,
+            cwd=cwd,
+            env=env,
+            timeout_s=timeout_s,
+            stdin=stdin,
+            keep_stdin_open=keep_stdin_open,
+            wait_s=wait_s,
+            progress=progress,
         )
+
+    @tool(READ)
+    async def read_command_output(
+        ctx: Context[AppState],
+        execution_id: ExecutionId,
+        since: Annotated[
+            int, Field(ge=0, description="next_since from the previous call; 0 = from the start")
+        ] = 0,
+        wait_s: Annotated[
+            float, Field(ge=0, le=300, description="wait up to this long for new output")
+        ] = 0,
+    ) -> CommandOutput:
+        """Follow a command's output (any member may follow any execution of the project).
+
+        Pass the returned next_since to get only what came after; finished: true at the end.
+        """
+        state, agent = caller(ctx)
+        return await state.service.executions.read_output(agent, execution_id, since, wait_s)
+
+    @tool(DESTRUCTIVE)
+    async def send_input(
+        ctx: Context[AppState],
+        execution_id: ExecutionId,
+        data: Annotated[str, Field(description="text written to the command's stdin")],
+        eof: Annotated[bool, Field(description="close stdin after writing")] = False,
+    ) -> CommandOutput:
+        """Write to the stdin of a running command started with keep_stdin_open."""
+        state, agent = caller(ctx)
+        return await state.service.executions.send_input(agent, execution_id, data, eof=eof)
+
+    @tool(DESTRUCTIVE_IDEMPOTENT)
+    async def cancel_execution(ctx: Context[AppState], execution_id: ExecutionId) -> CommandResult:
+        """Cancel a queued or running command (yours, or any if you are an admin)."""
+        state, agent = caller(ctx)
+        return await state.service.executions.cancel(agent, execution_id)
+
+    @tool(READ)
+    async def list_executions(
+        ctx: Context[AppState],
+        project_id: ProjectId,
+        state: Annotated[
+            Literal["queued", "running", "active"],
+            Field(description="'active' = queued and running"),
+        ] = "active",
+    ) -> ExecutionList:
+        """Commands waiting and running now, with queue positions (1 = starts next)."""
+        app, agent = caller(ctx)
+        return await app.service.executions.list_active(agent, project_id, state)
 
     @tool(READ)
     async def read_file(
@@ -198,7 +279,7 @@ def register_tools(mcp: MCPServer) -> None:
     ) -> FileRead:
         """Read a file from the workspace. The sha256 lets a later write detect conflicts."""
         state, agent = caller(ctx)
-        return await state.service.read_file(
+        return await state.service.files.read(
             agent, project_id, path, offset=offset, limit=limit, encoding=encoding
         )
 
@@ -220,7 +301,7 @@ def register_tools(mcp: MCPServer) -> None:
         else's change.
         """
         state, agent = caller(ctx)
-        return await state.service.write_file(
+        return await state.service.files.write(
             agent, project_id, path, content, encoding=encoding, if_match=if_match, append=append
         )
 
@@ -242,7 +323,7 @@ def register_tools(mcp: MCPServer) -> None:
         """
         state, agent = caller(ctx)
         text_edits = [TextEdit(e.old_text, e.new_text, e.replace_all) for e in edits]
-        return await state.service.edit_file(
+        return await state.service.files.edit(
             agent, project_id, path, text_edits, if_match=if_match, dry_run=dry_run
         )
 
@@ -257,7 +338,7 @@ def register_tools(mcp: MCPServer) -> None:
     ) -> FileList:
         """List a directory of the workspace (recursively if asked), sorted by path."""
         state, agent = caller(ctx)
-        return await state.service.list_files(
+        return await state.service.files.list(
             agent,
             project_id,
             path,
@@ -283,7 +364,7 @@ def register_tools(mcp: MCPServer) -> None:
     ) -> SearchResults:
         """Search file contents (like grep -rn) or names (by glob) under a directory."""
         state, agent = caller(ctx)
-        return await state.service.search_files(
+        return await state.service.files.search(
             agent,
             project_id,
             pattern,
@@ -306,7 +387,7 @@ def register_tools(mcp: MCPServer) -> None:
     ) -> PathRemoval:
         """Delete a file or directory in the workspace."""
         state, agent = caller(ctx)
-        return await state.service.delete_path(
+        return await state.service.files.delete(
             agent, project_id, path, recursive=recursive, if_match=if_match
         )
 
@@ -320,7 +401,7 @@ def register_tools(mcp: MCPServer) -> None:
     ) -> MoveResult:
         """Move or rename a file or directory within the workspace."""
         state, agent = caller(ctx)
-        return await state.service.move_path(
+        return await state.service.files.move(
             agent, project_id, source, destination, overwrite=overwrite
         )
 
@@ -338,7 +419,7 @@ def register_tools(mcp: MCPServer) -> None:
     ) -> ExecutionHistory:
         """The audit log of commands run in a project: who ran what, when, and how it ended."""
         state, agent = caller(ctx)
-        return await state.service.get_execution_history(
+        return await state.service.executions.history(
             agent,
             project_id,
             filter_agent=agent_id,
@@ -351,9 +432,101 @@ def register_tools(mcp: MCPServer) -> None:
     async def whoami(ctx: Context[AppState]) -> WhoAmI:
         """Your agent id and your access level in each project you can see."""
         state, agent = caller(ctx)
-        projects = await state.service.list_projects(agent)
-        return WhoAmI(
-            agent_id=agent,
-            transport=state.transport,
-            projects={p.project_id: p.your_access for p in projects.projects if p.your_access},
+        return await state.service.whoami(agent, state.transport)
+
+    @tool(READ)
+    async def list_members(ctx: Context[AppState], project_id: ProjectId) -> MemberList:
+        """The agents of a project and their access levels."""
+        state, agent = caller(ctx)
+        return await state.service.list_members(agent, project_id)
+
+    @tool(LIFECYCLE)
+    async def assign_agent(
+        ctx: Context[AppState],
+        project_id: ProjectId,
+        agent_id: Annotated[str, Field(description="the agent to add or change")],
+        access_level: Annotated[
+            Literal["read_only", "read_write", "admin"],
+            Field(
+                description="read_only: read files, history, events, follow commands; "
+                "read_write: also write files and run commands; admin: also settings, members, "
+                "start, stop, delete"
+            ),
+        ],
+    ) -> MemberList:
+        """Give another agent access to a project, or change its level (admins only)."""
+        state, agent = caller(ctx)
+        return await state.service.assign_agent(agent, project_id, agent_id, access_level)
+
+    @tool(DESTRUCTIVE_IDEMPOTENT)
+    async def remove_agent(
+        ctx: Context[AppState],
+        project_id: ProjectId,
+        agent_id: Annotated[str, Field(description="the member to remove (yourself to leave)")],
+    ) -> MemberList:
+        """Take an agent's access to a project away (admins; anyone may remove themselves)."""
+        state, agent = caller(ctx)
+        return await state.service.remove_agent(agent, project_id, agent_id)
+
+    @tool(LIFECYCLE)
+    async def update_project_settings(
+        ctx: Context[AppState],
+        project_id: ProjectId,
+        settings: Annotated[
+            dict[str, Any],
+            Field(
+                description='only the settings to change, e.g. {"max_concurrent_executions": '
+                "2}; the others keep their values"
+            ),
+        ],
+    ) -> ProjectInfo:
+        """Change a project's settings (admins only); the change is recorded as an event."""
+        state, agent = caller(ctx)
+        return await state.service.update_settings(agent, project_id, settings)
+
+    @tool(LIFECYCLE)
+    async def lock_path(
+        ctx: Context[AppState],
+        project_id: ProjectId,
+        path: WorkspacePath,
+        ttl_s: Annotated[
+            float, Field(gt=0, le=86400, description="the lock expires after this many seconds")
+        ] = 300,
+    ) -> LockResult:
+        """Lock a file or directory: other agents' writes under it are refused until unlock or
+        expiry. Advisory: commands in the VM are not checked. Locking again extends it."""
+        state, agent = caller(ctx)
+        return await state.service.locks.lock(agent, project_id, path, ttl_s)
+
+    @tool(DESTRUCTIVE_IDEMPOTENT)
+    async def unlock_path(
+        ctx: Context[AppState], project_id: ProjectId, path: WorkspacePath
+    ) -> LockResult:
+        """Release a lock you hold (admins may release any)."""
+        state, agent = caller(ctx)
+        return await state.service.locks.unlock(agent, project_id, path)
+
+    @tool(READ)
+    async def list_locks(ctx: Context[AppState], project_id: ProjectId) -> LockList:
+        """The project's current path locks, with holders and expiry times."""
+        state, agent = caller(ctx)
+        return await state.service.locks.list(agent, project_id)
+
+    @tool(READ)
+    async def get_events(
+        ctx: Context[AppState],
+        project_id: ProjectId,
+        since_id: Annotated[
+            int, Field(ge=0, description="last_event_id from the previous call; 0 = from start")
+        ] = 0,
+        wait_s: Annotated[
+            float, Field(ge=0, le=300, description="wait up to this long for a new event")
+        ] = 0,
+        limit: Annotated[int, Field(ge=1, le=1000)] = 200,
+    ) -> EventsResult:
+        """What happened in a project, in order: files changed and by whom, commands queued,
+        started and finished, VM status, members, locks, settings. Long-polls with wait_s."""
+        state, agent = caller(ctx)
+        return await state.service.get_events(
+            agent, project_id, since_id=since_id, wait_s=wait_s, limit=limit
         )

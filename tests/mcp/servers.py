@@ -71,14 +71,15 @@ async def http_server(config: ServerConfig) -> AsyncIterator[str]:
         url = found
         ready.set()
 
+    stop = anyio.Event()
     async with anyio.create_task_group() as group:
-        group.start_soon(lambda: serve_http(handle, "127.0.0.1", 0, on_ready=on_ready))
+        group.start_soon(lambda: serve_http(handle, "127.0.0.1", 0, on_ready=on_ready, stop=stop))
         with anyio.fail_after(30):
             await ready.wait()
         try:
             yield url
         finally:
-            group.cancel_scope.cancel()
+            stop.set()
 
 
 @asynccontextmanager

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from server.errors import InvalidInput
-from server.service import TextEdit, apply_edits
+from server.files import TextEdit, apply_edits
 
 
 def test_edits_apply_in_order_and_count_replacements() -> None:
