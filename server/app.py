@@ -40,7 +40,7 @@ async def open_service(config: ServerConfig) -> AsyncIterator[ProjectService]:
     """Open the store and drivers of ``config`` and run a ``ProjectService`` over them."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(config.db_path)
-    drivers = DriverSet(DriverContext(data_dir=config.data_dir), config.drivers)
+    drivers = DriverSet(DriverContext.for_data_dir(config.data_dir), config.drivers)
     try:
         default_driver = await drivers.choose(config.driver)
         log.info(

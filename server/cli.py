@@ -101,7 +101,7 @@ async def _quickstart(args: argparse.Namespace) -> None:
             if result.exit_code != 0:
                 raise ProjectVMError(f"the self-check command failed: {result.stderr.strip()}")
         finally:
-            await service.delete_project(agent, info.project_id)
+            await service.lifecycle.delete(agent, info.project_id)
         _print("self-check passed.")
 
     handle = build_server(config, transport="http", agent=None)
@@ -130,7 +130,7 @@ async def _doctor(args: argparse.Namespace) -> None:
     from vm_drivers.registry import DriverSet, available_driver_names, platform_preference
 
     config = _config(args)
-    drivers = DriverSet(DriverContext(data_dir=config.data_dir), config.drivers)
+    drivers = DriverSet(DriverContext.for_data_dir(config.data_dir), config.drivers)
     report: dict[str, Any] = {"version": __version__, "data_dir": str(config.data_dir)}
     try:
         rows = []
@@ -175,7 +175,7 @@ async def _image(args: argparse.Namespace) -> None:
     from vm_drivers.registry import DriverSet
 
     config = _config(args)
-    drivers = DriverSet(DriverContext(data_dir=config.data_dir), config.drivers)
+    drivers = DriverSet(DriverContext.for_data_dir(config.data_dir), config.drivers)
     try:
         driver = drivers.get("docker")
         assert isinstance(driver, DockerDriver)
@@ -203,6 +203,38 @@ async def _image(args: argparse.Namespace) -> None:
         _print(f"done: {tag}")
     finally:
         await drivers.aclose()
+
+
+# -- garbage collection -------------------------------------------------------------------
+
+
+async def _gc(args: argparse.Namespace) -> None:
+    from server.gc import collect_garbage
+    from server.store import Store
+    from vm_drivers.base import DriverContext
+    from vm_drivers.registry import DriverSet
+
+    config = _config(args)
+    drivers = DriverSet(DriverContext.for_data_dir(config.data_dir), config.drivers)
+    try:
+        async with await Store.open(config.db_path) as store:
+            report = await collect_garbage(store, drivers, remove=args.yes)
+    finally:
+        await drivers.aclose()
+    if args.json:
+        _print(report.model_dump_json(indent=2))
+        return
+    for name, reason in report.skipped_drivers.items():
+        _print(f"skipped {name}: {reason}")
+    if not report.strays:
+        _print("nothing to collect: every VM of this installation belongs to a project")
+    for vm in report.strays:
+        state = "removed" if vm.vm_id in report.removed else "stray"
+        _print(f"{state:<8} {vm.driver:<7} {vm.vm_id}  project={vm.project_id}  {vm.detail}")
+    if report.strays and not args.yes:
+        _print(f"{len(report.strays)} stray VM(s); run `projectvm gc --yes` to remove them")
+    if report.foreign:
+        _print(f"left alone: {len(report.foreign)} VM(s) of other ProjectVM installations")
 
 
 # -- agents and projects ------------------------------------------------------------------
@@ -339,6 +371,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--keep", action="store_true", help="keep the root filesystem and tar")
     image_commands.add_parser("status", help="is the engine up and the runtime image there")
 
+    gc = commands.add_parser(
+        "gc", help="find VMs, volumes and workspaces that belong to no project; --yes removes"
+    )
+    gc.add_argument("--yes", action="store_true", help="remove what was found")
+    gc.add_argument("--json", action="store_true")
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -353,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "agents": _agents,
         "projects": _projects,
         "image": _image,
+        "gc": _gc,
     }
     if args.command == "version":
         _print(f"projectvm {__version__}")

@@ -8,12 +8,13 @@ updated when it starts and when it ends, however it ends.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import anyio
 
 from guest_runtime.errors import GuestError, GuestUnreachable, StdinClosed
+from server import progress
 from server.errors import AccessDenied, Conflict, InvalidInput, NotFound
 from server.live import LiveExecution, render_output
 from server.liveness import this_server_id
@@ -25,15 +26,13 @@ from server.store import utcnow
 if TYPE_CHECKING:
     from server.service import ProjectService
 
-__all__ = ["Executions", "Progress"]
+__all__ = ["Executions"]
 
 # How long past its own timeout a command may go unreported before the host gives up on it.
 GUEST_REPORT_GRACE_S = 30.0
 PROGRESS_EVERY_S = 1.0
 MAX_WAIT_S = 300.0
 HANDLE_WAIT_S = 30.0
-
-Progress = Callable[[float, str], Awaitable[None]]
 
 
 class Executions:
@@ -67,7 +66,7 @@ class Executions:
         if not text.strip():
             raise InvalidInput("command is empty; pass a shell command such as 'ls -la'")
         timeout = self._timeout(timeout_s)
-        self.service.require_running(project)
+        project = await self.service.lifecycle.ensure_awake(project)
         runtime = self.service.runtime(project)
         execution = Execution(
             execution_id=self.service.new_id("exe"),
@@ -137,7 +136,7 @@ class Executions:
         status = ExecutionStatus.FAILED
         reason: str | None = None
         try:
-            client = await self.service.client(project)
+            client = await self.service.lifecycle.client(project)
             live.handle = await client.start_exec(
                 command,
                 cwd=cwd,
@@ -223,7 +222,6 @@ class Executions:
         stdin: str | None = None,
         keep_stdin_open: bool = False,
         wait_s: float | None = None,
-        progress: Progress | None = None,
     ) -> CommandResult:
         """Run a command and wait for its end, or for ``wait_s`` seconds (then: a handle).
 
@@ -243,7 +241,7 @@ class Executions:
         )
         try:
             with anyio.move_on_after(wait_s if wait_s is not None else float("inf")):
-                await self._follow(live, progress)
+                await self._follow(live)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._abort(
@@ -253,13 +251,11 @@ class Executions:
             raise
         return self.result(live)
 
-    async def _follow(self, live: LiveExecution, progress: Progress | None) -> None:
-        step = 0
+    async def _follow(self, live: LiveExecution) -> None:
         while not live.finished.is_set():
             await live.wait_for_change(PROGRESS_EVERY_S)
-            if progress is not None and not live.finished.is_set():
-                step += 1
-                await progress(step, self._progress_message(live))
+            if not live.finished.is_set():
+                await progress.report(self._progress_message(live))
 
     def _progress_message(self, live: LiveExecution) -> str:
         execution = live.execution

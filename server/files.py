@@ -75,7 +75,7 @@ class FileOps:
         self, agent_id: str, project_id: str, needed: AccessLevel
     ) -> tuple[Project, GuestClient]:
         project, _ = await self.service.authorize(agent_id, project_id, needed)
-        return project, await self.service.client(project)
+        return project, await self.service.lifecycle.client(project)
 
     async def _conflict(self, project_id: str, err: WriteConflict) -> Conflict:
         path = str(err.data.get("path", ""))

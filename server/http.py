@@ -139,6 +139,7 @@ async def serve_http(
     display = f"[{host}]" if ":" in host else host
     if on_ready is not None:
         on_ready(f"http://{display}:{bound_port}{MCP_PATH}")
+
     async def stop_when_told() -> None:
         assert stop is not None
         await stop.wait()

@@ -9,6 +9,7 @@ knows nothing of MCP or HTTP; tools and routes are thin layers over it. Commands
 from __future__ import annotations
 
 import secrets
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,21 +19,20 @@ from typing import Any, Literal, Self
 import anyio
 import anyio.abc
 
-from guest_runtime.client import GuestClient
-from guest_runtime.errors import GuestUnreachable
+from server import progress
 from server.channels import ChannelPool
 from server.config import Limits
-from server.errors import AccessDenied, InvalidInput, NotFound, ProjectNotRunning
+from server.errors import AccessDenied, InvalidInput, NotFound
 from server.events import EventHub
 from server.executions import Executions
 from server.files import FileOps
+from server.lifecycle import Lifecycle
 from server.live import LiveExecution
 from server.liveness import server_is_alive
 from server.locks import PathLocks
 from server.models import (
     AGENT_ID_PATTERN,
     AccessLevel,
-    ExecutionStatus,
     Project,
     ProjectSettings,
     ProjectType,
@@ -40,22 +40,30 @@ from server.models import (
 )
 from server.queue import ExecutionQueue
 from server.results import (
-    DeleteResult,
     EventsResult,
     MemberList,
     ProjectInfo,
     ProjectList,
-    ProjectStatus,
     WhoAmI,
 )
 from server.store import Store, utcnow
-from vm_drivers.base import VMDriver, VMSpec
-from vm_drivers.errors import DriverError, VMNotFound
+from vm_drivers.errors import DriverError
 from vm_drivers.registry import DriverSet
 
 __all__ = ["ProjectService", "Runtime"]
 
 MAX_EVENT_WAIT_S = 300.0
+# Always usable whatever a project's allowed_tools say, so an admin can never lock itself out.
+ALWAYS_ALLOWED_TOOLS = frozenset(
+    {
+        "get_project",
+        "list_projects",
+        "update_project_settings",
+        "delete_project",
+        "whoami",
+        "list_members",
+    }
+)
 KEEP_FINISHED_LIVE = 64
 
 
@@ -64,6 +72,8 @@ class Runtime:
     """What the server holds in memory about one project."""
 
     queue: ExecutionQueue
+    # When the project was last used (monotonic seconds); idle projects go to sleep.
+    last_activity: float = field(default_factory=time.monotonic)
     # Serialises start/stop/delete/recovery.
     lifecycle: anyio.Lock = field(default_factory=anyio.Lock)
     # Serialises file changes, so a conflict always sees the event of the write that won.
@@ -100,6 +110,7 @@ class ProjectService:
         self.executions = Executions(self)
         self.files = FileOps(self)
         self.locks = PathLocks(self)
+        self.lifecycle = Lifecycle(self)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._channels: ChannelPool | None = None
 
@@ -112,6 +123,8 @@ class ProjectService:
         await self.store.interrupt_orphaned_executions(
             "the server stopped while this execution was queued or running", server_is_alive
         )
+        await self.lifecycle.reconcile()
+        self._task_group.start_soon(self.lifecycle.run_sleeper)
         return self
 
     async def __aexit__(
@@ -188,6 +201,15 @@ class ProjectService:
                 f"agent {agent_id!r} has {level} access to project {project_id!r}; this needs "
                 f"{needed} or higher; ask an admin of the project to change your level"
             )
+        tool = progress.current_tool()
+        allowed = project.settings.allowed_tools
+        if tool and allowed and tool not in allowed and tool not in ALWAYS_ALLOWED_TOOLS:
+            raise AccessDenied(
+                f"project {project_id} does not permit the tool {tool} (allowed_tools: "
+                f"{', '.join(allowed)}); an admin can change allowed_tools with "
+                "update_project_settings"
+            )
+        self.lifecycle.touch(project_id)
         return project, level
 
     # -- projects -----------------------------------------------------------------------------
@@ -229,11 +251,12 @@ class ProjectService:
             settings=project_settings,
         )
         await self.store.insert_project(project)
-        driver = self.drivers.get(project.driver)
         try:
-            created = await driver.create_project_vm(self._spec(project))
+            created = await self.lifecycle.create_vm(project)
         except DriverError as err:
-            await self._set_status(project, agent_id, VMStatus.FAILED, f"creation failed: {err}")
+            await self.lifecycle.set_status(
+                project, agent_id, VMStatus.FAILED, f"creation failed: {err}"
+            )
             raise DriverError(
                 f"project {project.project_id} was recorded but its VM could not be created: "
                 f"{err}. Retry with start_project, or remove it with delete_project"
@@ -247,6 +270,8 @@ class ProjectService:
             workspace_path=created.workspace_path,
             event=(agent_id, "vm.status", {"status": created.status, "vm_id": created.vm_id}),
         )
+        self.lifecycle.touch(project.project_id)
+        self.lifecycle.recheck_sleep()
         return await self.get_project(agent_id, project.project_id)
 
     @staticmethod
@@ -255,28 +280,6 @@ class ProjectService:
             return ProjectSettings.model_validate(dict(values))
         except ValueError as err:
             raise InvalidInput(f"invalid project settings: {err}") from err
-
-    @staticmethod
-    def _spec(project: Project) -> VMSpec:
-        return VMSpec(
-            project_id=project.project_id,
-            name=project.name,
-            project_type=project.project_type,
-            cpus=project.settings.cpus,
-            memory_mb=project.settings.memory_mb,
-            disk_gb=project.settings.max_storage_gb,
-            network=project.settings.network,
-        )
-
-    async def _set_status(
-        self, project: Project, agent_id: str | None, status: VMStatus, reason: str | None = None
-    ) -> None:
-        await self.store.update_project(
-            project.project_id,
-            vm_status=status,
-            vm_status_reason=reason,
-            event=(agent_id, "vm.status", {"status": status, "reason": reason}),
-        )
 
     async def list_projects(self, agent_id: str) -> ProjectList:
         projects = await self.store.list_projects(agent_id)
@@ -291,153 +294,6 @@ class ProjectService:
         info = ProjectInfo.of(project, level)
         info.members = await self.store.list_members(project_id)
         return info
-
-    def _driver(self, project: Project) -> VMDriver:
-        return self.drivers.get(project.driver)
-
-    async def start_project(self, agent_id: str, project_id: str) -> ProjectStatus:
-        project, _ = await self.authorize(agent_id, project_id, AccessLevel.ADMIN)
-        async with self.runtime_of(project_id).lifecycle:
-            project, _ = await self.authorize(agent_id, project_id, AccessLevel.ADMIN)
-            if project.vm_status == VMStatus.RUNNING:
-                return ProjectStatus(
-                    project_id=project_id, status=VMStatus.RUNNING, message="already running"
-                )
-            await self._boot(project, agent_id)
-        return ProjectStatus(project_id=project_id, status=VMStatus.RUNNING, message="started")
-
-    async def _boot(self, project: Project, agent_id: str | None) -> None:
-        """Start (or, if it was never made, create) the project's VM and record the outcome."""
-        driver = self._driver(project)
-        try:
-            if project.vm_id is None:
-                created = await driver.create_project_vm(self._spec(project))
-                await self.store.update_project(
-                    project.project_id,
-                    vm_id=created.vm_id,
-                    vm_url=created.vm_url,
-                    workspace_path=created.workspace_path,
-                )
-            else:
-                await driver.start_project_vm(project.vm_id)
-        except DriverError as err:
-            await self._set_status(project, agent_id, VMStatus.FAILED, f"start failed: {err}")
-            raise
-        await self._set_status(project, agent_id, VMStatus.RUNNING)
-
-    async def stop_project(self, agent_id: str, project_id: str) -> ProjectStatus:
-        await self.authorize(agent_id, project_id, AccessLevel.ADMIN)
-        runtime = self.runtime_of(project_id)
-        async with runtime.lifecycle:
-            project, _ = await self.authorize(agent_id, project_id, AccessLevel.ADMIN)
-            if project.vm_status == VMStatus.STOPPED:
-                return ProjectStatus(
-                    project_id=project_id, status=VMStatus.STOPPED, message="already stopped"
-                )
-            runtime.stopping = f"the project was stopped by {agent_id} while the command ran"
-            await self.executions.abort_all(project_id, ExecutionStatus.KILLED, runtime.stopping)
-            try:
-                await self.channels.close(project_id)
-                if project.vm_id is not None:
-                    try:
-                        await self._driver(project).stop_project_vm(project.vm_id)
-                    except VMNotFound:
-                        pass
-            except DriverError as err:
-                await self._set_status(project, agent_id, VMStatus.FAILED, f"stop failed: {err}")
-                raise
-            finally:
-                runtime.stopping = None
-            await self._set_status(project, agent_id, VMStatus.STOPPED, f"stopped by {agent_id}")
-        return ProjectStatus(project_id=project_id, status=VMStatus.STOPPED, message="stopped")
-
-    async def delete_project(self, agent_id: str, project_id: str) -> DeleteResult:
-        try:
-            await self.authorize(agent_id, project_id, AccessLevel.ADMIN)
-        except NotFound:
-            return DeleteResult(
-                project_id=project_id,
-                deleted=False,
-                message="no such project is visible to you; nothing was deleted",
-            )
-        runtime = self.runtime_of(project_id)
-        async with runtime.lifecycle:
-            project, _ = await self.authorize(agent_id, project_id, AccessLevel.ADMIN)
-            runtime.stopping = f"the project was deleted by {agent_id} while the command ran"
-            await self.executions.abort_all(project_id, ExecutionStatus.KILLED, runtime.stopping)
-            await self._set_status(project, agent_id, VMStatus.DESTROYING)
-            try:
-                await self.channels.close(project_id)
-                if project.vm_id is not None:
-                    await self._driver(project).destroy_project_vm(project.vm_id)
-            except DriverError as err:
-                await self._set_status(project, agent_id, VMStatus.FAILED, f"delete failed: {err}")
-                raise DriverError(
-                    f"could not delete the VM of project {project_id}: {err}; call delete_project "
-                    "again to retry"
-                ) from err
-            finally:
-                runtime.stopping = None
-            await self.store.delete_project(project_id, agent_id)
-        self.runtimes.pop(project_id, None)
-        return DeleteResult(project_id=project_id, deleted=True, message="project and VM deleted")
-
-    # -- the channel to a project's guest -----------------------------------------------------
-
-    @staticmethod
-    def require_running(project: Project) -> None:
-        if project.vm_status != VMStatus.RUNNING or project.vm_id is None:
-            reason = f" ({project.vm_status_reason})" if project.vm_status_reason else ""
-            raise ProjectNotRunning(
-                f"project {project.project_id} is {project.vm_status}{reason}; call "
-                "start_project to start it"
-            )
-
-    async def client(self, project: Project) -> GuestClient:
-        """The live channel to the project's guest, starting a crashed VM once if need be."""
-        self.require_running(project)
-        assert project.vm_id is not None
-        try:
-            try:
-                return await self.channels.client(
-                    project.project_id, self._driver(project), project.vm_id
-                )
-            except GuestUnreachable as first:
-                # The VM may have crashed, or been stopped or removed behind our back.
-                await self._recover(project, str(first))
-                return await self.channels.client(
-                    project.project_id, self._driver(project), project.vm_id
-                )
-        except (GuestUnreachable, DriverError) as err:
-            raise GuestUnreachable(
-                f"cannot reach the VM of project {project.project_id}: {err}; try again, or "
-                "stop_project and start_project to restart it"
-            ) from err
-
-    async def _recover(self, project: Project, reason: str) -> None:
-        """Start the VM of a project recorded as running whose VM is not (once per call)."""
-        async with self.runtime_of(project.project_id).lifecycle:
-            current = await self.store.get_project(project.project_id)
-            if current is None or current.vm_status != VMStatus.RUNNING or current.vm_id is None:
-                raise ProjectNotRunning(
-                    f"project {project.project_id} was stopped or deleted meanwhile; call "
-                    "start_project to start it"
-                )
-            driver = self._driver(current)
-            try:
-                status = await driver.get_vm_status(current.vm_id)
-            except VMNotFound as err:
-                await self._set_status(current, None, VMStatus.FAILED, f"the VM is gone: {err}")
-                raise
-            if status == VMStatus.RUNNING:
-                return  # running: the channel failed for another reason; the retry will tell
-            await driver.start_project_vm(current.vm_id)
-            await self.store.append_event(
-                current.project_id,
-                None,
-                "vm.recovered",
-                {"was": status, "reason": reason},
-            )
 
     # -- members ------------------------------------------------------------------------------
 
@@ -516,6 +372,7 @@ class ProjectService:
             event=(agent_id, "settings.updated", {"changed": changed}),
         )
         self.runtime_of(project_id).queue.set_limit(after.max_concurrent_executions)
+        self.lifecycle.recheck_sleep()
         return await self.get_project(agent_id, project_id)
 
     # -- events -------------------------------------------------------------------------------

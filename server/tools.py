@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from guest_runtime.errors import ProjectVMError
 from server.files import TextEdit
+from server.progress import reporting
 from server.results import (
     CommandOutput,
     CommandResult,
@@ -86,13 +87,24 @@ class Edit(BaseModel):
     replace_all: bool = Field(default=False, description="replace every occurrence")
 
 
-def _errors_as_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Let agents read ProjectVM's own error messages (other exceptions are bugs: logged)."""
+def _as_tool(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Name the call and route its progress for the service; let agents read ProjectVM's
+    own error messages (other exceptions are bugs: the SDK logs them)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = kwargs.get("ctx")
+        step = 0
+
+        async def progress(message: str) -> None:
+            nonlocal step
+            step += 1
+            if isinstance(ctx, Context):
+                await ctx.report_progress(step, None, message)
+
         try:
-            return await fn(*args, **kwargs)
+            with reporting(fn.__name__, progress):
+                return await fn(*args, **kwargs)
         except ProjectVMError as err:
             raise ToolError(str(err)) from err
 
@@ -102,7 +114,7 @@ def _errors_as_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitab
 def register_tools(mcp: MCPServer) -> None:
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[P, Awaitable[R]]], Any]:
         def register(fn: Callable[P, Awaitable[R]]) -> Any:
-            return mcp.tool(annotations=annotations)(_errors_as_tool_errors(fn))
+            return mcp.tool(annotations=annotations)(_as_tool(fn))
 
         return register
 
@@ -147,19 +159,19 @@ def register_tools(mcp: MCPServer) -> None:
     async def start_project(ctx: Context[AppState], project_id: ProjectId) -> ProjectStatus:
         """Start a stopped project's VM. Its workspace is as it was left."""
         state, agent = caller(ctx)
-        return await state.service.start_project(agent, project_id)
+        return await state.service.lifecycle.start(agent, project_id)
 
     @tool(DESTRUCTIVE_IDEMPOTENT)
     async def stop_project(ctx: Context[AppState], project_id: ProjectId) -> ProjectStatus:
         """Stop a project's VM to free resources. Files persist; running commands are killed."""
         state, agent = caller(ctx)
-        return await state.service.stop_project(agent, project_id)
+        return await state.service.lifecycle.stop(agent, project_id)
 
     @tool(DESTRUCTIVE_IDEMPOTENT)
     async def delete_project(ctx: Context[AppState], project_id: ProjectId) -> DeleteResult:
         """Delete a project, its VM and its workspace for good. The audit history is kept."""
         state, agent = caller(ctx)
-        return await state.service.delete_project(agent, project_id)
+        return await state.service.lifecycle.delete(agent, project_id)
 
     @tool(COMMAND)
     async def run_command(
@@ -195,10 +207,6 @@ def register_tools(mcp: MCPServer) -> None:
         wait in a fair queue (queued_ms says how long). Cancelling this call kills the command.
         """
         state, agent = caller(ctx)
-
-        async def progress(step: float, message: str) -> None:
-            await ctx.report_progress(step, None, message)
-
         return await state.service.executions.run(
             agent,
             project_id,
@@ -209,7 +217,6 @@ def register_tools(mcp: MCPServer) -> None:
             stdin=stdin,
             keep_stdin_open=keep_stdin_open,
             wait_s=wait_s,
-            progress=progress,
         )
 
     @tool(READ)

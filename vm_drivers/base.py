@@ -8,6 +8,8 @@ that, identically on every backend.
 from __future__ import annotations
 
 import enum
+import os
+import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, runtime_checkable
@@ -16,6 +18,7 @@ import anyio.abc
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "LABEL_INSTANCE",
     "LABEL_PROJECT",
     "LABEL_VM",
     "Availability",
@@ -30,6 +33,8 @@ __all__ = [
 # Every resource a driver creates carries these labels, so `projectvm gc` can find strays.
 LABEL_PROJECT = "projectvm.project"
 LABEL_VM = "projectvm.vm"
+LABEL_INSTANCE = "projectvm.instance"
+INSTANCE_FILE = "instance-id"
 
 
 class VMStatus(enum.StrEnum):
@@ -93,11 +98,40 @@ class Availability(BaseModel):
 
 
 class DriverContext(BaseModel):
-    """What the server hands every driver: where it may keep state."""
+    """What the server hands every driver: where it may keep state, and whose VMs are whose."""
 
     model_config = ConfigDict(frozen=True)
 
     data_dir: Path
+    instance_id: str = Field(
+        description="labels every VM this installation creates (projectvm.instance), so gc "
+        "never touches another installation's VMs on a shared engine"
+    )
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> DriverContext:
+        """The context of the installation living in ``data_dir`` (its id is made once)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / INSTANCE_FILE
+        try:
+            instance_id = path.read_text().strip()
+        except FileNotFoundError:
+            instance_id = ""
+        if not instance_id:
+            instance_id = secrets.token_hex(6)
+            temporary = path.with_name(f".{INSTANCE_FILE}.{os.getpid()}")
+            temporary.write_text(instance_id + "\n")
+            try:
+                os.link(temporary, path)  # first writer wins, never overwritten
+            except FileExistsError:
+                instance_id = path.read_text().strip()
+            finally:
+                temporary.unlink()
+        return cls(data_dir=data_dir, instance_id=instance_id)
+
+    def labels(self, project_id: str, vm_id: str) -> dict[str, str]:
+        """The labels every resource of a VM carries."""
+        return {LABEL_PROJECT: project_id, LABEL_VM: vm_id, LABEL_INSTANCE: self.instance_id}
 
 
 @runtime_checkable

@@ -251,7 +251,7 @@ class DockerDriver:
     # -- containers ---------------------------------------------------------------------------
 
     def _labels(self, spec: VMSpec, vm_id: str) -> dict[str, str]:
-        return {**spec.labels, LABEL_PROJECT: spec.project_id, LABEL_VM: vm_id}
+        return {**spec.labels, **self.context.labels(spec.project_id, vm_id)}
 
     async def _create_container(self, vm_id: str, spec: VMSpec) -> Container:
         client = await self.client()

@@ -25,8 +25,6 @@ from pydantic import BaseModel, ValidationError
 
 from guest_runtime.bundle import write_agent_zipapp
 from vm_drivers.base import (
-    LABEL_PROJECT,
-    LABEL_VM,
     Availability,
     DriverContext,
     VMCreationResult,
@@ -131,6 +129,7 @@ class LocalDriver:
 
     def __init__(self, config: LocalDriverConfig, context: DriverContext) -> None:
         self.config = config
+        self.context = context
         self.data_dir = context.data_dir
         self.root = config.root_dir or context.data_dir / "local"
         self._channels: dict[str, _SandboxChannel] = {}
@@ -232,18 +231,35 @@ class LocalDriver:
         if not self._under_hidden(data_dir, hidden) and os.path.isdir(data_dir):
             argv += ["--tmpfs", data_dir]
         argv += [
-            "--bind", str(self.workspace_dir(record.vm_id)), SANDBOX_WORKSPACE,
-            "--ro-bind", str(agent), SANDBOX_AGENT,
-            "--chdir", SANDBOX_WORKSPACE,
-            "--hostname", f"pvm-{record.project_id[-12:]}",
+            "--bind",
+            str(self.workspace_dir(record.vm_id)),
+            SANDBOX_WORKSPACE,
+            "--ro-bind",
+            str(agent),
+            SANDBOX_AGENT,
+            "--chdir",
+            SANDBOX_WORKSPACE,
+            "--hostname",
+            f"pvm-{record.project_id[-12:]}",
             "--clearenv",
-            "--setenv", "PATH", SANDBOX_PATH,
-            "--setenv", "HOME", SANDBOX_WORKSPACE,
-            "--setenv", "LANG", "C.UTF-8",
-            "--setenv", "PROJECTVM_PROJECT_ID", record.project_id,
+            "--setenv",
+            "PATH",
+            SANDBOX_PATH,
+            "--setenv",
+            "HOME",
+            SANDBOX_WORKSPACE,
+            "--setenv",
+            "LANG",
+            "C.UTF-8",
+            "--setenv",
+            "PROJECTVM_PROJECT_ID",
+            record.project_id,
             "--",
-            self._python(), SANDBOX_AGENT, "--root", SANDBOX_WORKSPACE,
-        ]  # fmt: skip
+            self._python(),
+            SANDBOX_AGENT,
+            "--root",
+            SANDBOX_WORKSPACE,
+        ]
         return argv
 
     @staticmethod
@@ -285,7 +301,7 @@ class LocalDriver:
             state=VMStatus.RUNNING,
             network=spec.network,
             created_at=datetime.now(UTC),
-            labels={**spec.labels, LABEL_PROJECT: spec.project_id, LABEL_VM: vm_id},
+            labels={**spec.labels, **self.context.labels(spec.project_id, vm_id)},
         )
         workspace = self.workspace_dir(vm_id)
         try:
@@ -347,27 +363,36 @@ class LocalDriver:
             return channel
 
     async def list_vms(self) -> list[VMInfo]:
-        directory = self.root / "vms"
-        if not directory.is_dir():
-            return []
-        found = []
-        for path in sorted(directory.glob("*.json")):
+        found: dict[str, VMInfo] = {}
+        records = self.root / "vms"
+        for path in sorted(records.glob("*.json")) if records.is_dir() else []:
             try:
                 record = _VMRecord.model_validate_json(path.read_bytes())
             except (OSError, ValidationError):
                 continue
-            found.append(
-                VMInfo(
-                    vm_id=record.vm_id,
-                    project_id=record.project_id,
-                    status=record.state,
-                    driver=self.name,
-                    created_at=record.created_at,
-                    labels=record.labels,
-                    detail=str(self.workspace_dir(record.vm_id)),
-                )
+            found[record.vm_id] = VMInfo(
+                vm_id=record.vm_id,
+                project_id=record.project_id,
+                status=record.state,
+                driver=self.name,
+                created_at=record.created_at,
+                labels=record.labels,
+                detail=str(self.workspace_dir(record.vm_id)),
             )
-        return found
+        # A workspace whose record is gone (a crash between the two) is a VM too, for gc.
+        workspaces = self.root / "workspaces"
+        for path in sorted(workspaces.iterdir()) if workspaces.is_dir() else []:
+            if path.name not in found and path.name.startswith("pvm-"):
+                project_id = path.name.removeprefix("pvm-")
+                found[path.name] = VMInfo(
+                    vm_id=path.name,
+                    project_id=project_id,
+                    status=VMStatus.STOPPED,
+                    driver=self.name,
+                    labels=self.context.labels(project_id, path.name),
+                    detail=f"{path} (workspace without a VM record)",
+                )
+        return sorted(found.values(), key=lambda info: info.vm_id)
 
     async def probe(self) -> Availability:
         try:

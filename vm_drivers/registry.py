@@ -50,8 +50,12 @@ class DriverSet:
         self._options = options or {}
         self._drivers: dict[str, VMDriver] = {}
 
+    def register(self, name: str, driver: VMDriver) -> None:
+        """Use an already built driver under ``name`` (embedding, or a fake in tests)."""
+        self._drivers[name] = driver
+
     def config(self, name: str) -> DriverConfig:
-        if name not in available_driver_names():
+        if name not in available_driver_names() and name not in self._drivers:
             raise DriverConfigError(
                 f"unknown driver {name!r}; choose one of {', '.join(available_driver_names())}"
             )
@@ -68,7 +72,7 @@ class DriverSet:
         return driver
 
     async def probe(self, name: str) -> Availability:
-        if name not in available_driver_names():
+        if name not in available_driver_names() and name not in self._drivers:
             return Availability(
                 driver=name, usable=False, reason="not available in this build of ProjectVM"
             )

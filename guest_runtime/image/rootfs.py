@@ -31,11 +31,25 @@ DEFAULT_SUITE = "bookworm"
 # What each template's image holds (beyond debootstrap's minimal base).
 TEMPLATE_PACKAGES: dict[str, list[str]] = {
     "runtime": [
-        "python3", "python3-venv", "python3-pip", "git", "curl", "wget", "vim", "nano", "htop",
-        "procps", "less", "ca-certificates", "nodejs", "npm", "xz-utils", "unzip",
+        "python3",
+        "python3-venv",
+        "python3-pip",
+        "git",
+        "curl",
+        "wget",
+        "vim",
+        "nano",
+        "htop",
+        "procps",
+        "less",
+        "ca-certificates",
+        "nodejs",
+        "npm",
+        "xz-utils",
+        "unzip",
     ],
     "minimal": ["python3", "procps", "ca-certificates"],
-}  # fmt: skip
+}
 
 Progress = Callable[[str], None]
 
@@ -133,10 +147,17 @@ async def build_rootfs(
     progress(f"installing {template} packages: {' '.join(TEMPLATE_PACKAGES[template])}")
     await _stream([*chroot, "apt-get", "update", "-q"], progress)
     await _stream(
-        [*chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends",
-         *TEMPLATE_PACKAGES[template]],
+        [
+            *chroot,
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            *TEMPLATE_PACKAGES[template],
+        ],
         progress,
-    )  # fmt: skip
+    )
     await _stream([*chroot, "apt-get", "clean"], progress)
     await anyio.to_thread.run_sync(_finish, target, template, suite)
     progress("root filesystem ready")

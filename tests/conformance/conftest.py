@@ -21,7 +21,7 @@ TEST_LABEL = "projectvm.test"
 
 @pytest.fixture(params=available_driver_names())
 async def drivers(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterator[DriverSet]:
-    driver_set = DriverSet(DriverContext(data_dir=data_dir))
+    driver_set = DriverSet(DriverContext.for_data_dir(data_dir))
     availability = await driver_set.probe(request.param)
     if not availability.usable:
         await driver_set.aclose()

@@ -63,7 +63,7 @@ async def test_a_new_driver_instance_finds_the_vm_and_its_files(
     async with GuestClient(await driver.open_channel(vm)) as client:
         await client.write_file("persist.bin", bytes(range(256)))
     name = request.node.callspec.params["drivers"]
-    fresh = DriverSet(DriverContext(data_dir=data_dir))
+    fresh = DriverSet(DriverContext.for_data_dir(data_dir))
     try:
         restarted = fresh.get(name)
         assert vm in {v.vm_id for v in await restarted.list_vms()}

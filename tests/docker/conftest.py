@@ -15,7 +15,7 @@ from vm_drivers.registry import DriverSet
 
 @pytest.fixture
 async def docker_driver(data_dir: Path) -> AsyncIterator[DockerDriver]:
-    drivers = DriverSet(DriverContext(data_dir=data_dir))
+    drivers = DriverSet(DriverContext.for_data_dir(data_dir))
     try:
         availability = await drivers.probe("docker")
         if not availability.usable:

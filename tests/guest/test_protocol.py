@@ -127,7 +127,26 @@ def test_the_agent_bundle_is_reproducible_and_stdlib_only() -> None:
 
 
 _STDLIB = {
-    "__future__", "argparse", "asyncio", "base64", "collections", "errno", "fnmatch", "hashlib",
-    "json", "logging", "os", "platform", "posixpath", "re", "shutil", "signal", "stat", "sys",
-    "threading", "time", "typing", "uuid",
-}  # fmt: skip
+    "__future__",
+    "argparse",
+    "asyncio",
+    "base64",
+    "collections",
+    "errno",
+    "fnmatch",
+    "hashlib",
+    "json",
+    "logging",
+    "os",
+    "platform",
+    "posixpath",
+    "re",
+    "shutil",
+    "signal",
+    "stat",
+    "sys",
+    "threading",
+    "time",
+    "typing",
+    "uuid",
+}

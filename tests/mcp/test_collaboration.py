@@ -88,8 +88,9 @@ async def test_levels_are_enforced_and_a_reader_can_follow_a_running_command(
         error = await call_error(carol, tool, project_id=project_id, **arguments)
         assert "has read_only access" in error
         assert "needs read_write or higher" in error
-    error = await call_error(bob, "assign_agent", project_id=project_id, agent_id="carol",
-                             access_level="admin")  # fmt: skip
+    error = await call_error(
+        bob, "assign_agent", project_id=project_id, agent_id="carol", access_level="admin"
+    )
     assert "needs admin or higher" in error
     error = await call_error(bob, "stop_project", project_id=project_id)
     assert "needs admin" in error
@@ -110,15 +111,17 @@ async def test_levels_are_enforced_and_a_reader_can_follow_a_running_command(
     since = 0
     with anyio.fail_after(60):
         while "first" not in seen:
-            chunk = await call(carol, "read_command_output", execution_id=execution_id,
-                               since=since, wait_s=10)  # fmt: skip
+            chunk = await call(
+                carol, "read_command_output", execution_id=execution_id, since=since, wait_s=10
+            )
             seen += chunk["stdout"]
             since = chunk["next_since"]
         assert not chunk["finished"]
         await call(alice, "write_file", project_id=project_id, path="go", content="")
         while not chunk["finished"]:
-            chunk = await call(carol, "read_command_output", execution_id=execution_id,
-                               since=since, wait_s=10)  # fmt: skip
+            chunk = await call(
+                carol, "read_command_output", execution_id=execution_id, since=since, wait_s=10
+            )
             seen += chunk["stdout"]
             since = chunk["next_since"]
     assert seen == "first\nsecond\n"
@@ -132,17 +135,22 @@ async def test_concurrent_writes_with_the_same_if_match_have_exactly_one_winner(
 ) -> None:
     alice, bob = team["alice"], team["bob"]
     project_id = await shared_project(team)
-    base = await call(alice, "write_file", project_id=project_id, path="shared.txt",
-                      content="base\n")  # fmt: skip
+    base = await call(
+        alice, "write_file", project_id=project_id, path="shared.txt", content="base\n"
+    )
     contents = {"alice": "A" * 200_000 + "\n", "bob": "B" * 200_000 + "\n"}
     outcomes: dict[str, types.CallToolResult] = {}
 
     async def write(name: str, client: Client) -> None:
         outcomes[name] = await client.call_tool(
             "write_file",
-            {"project_id": project_id, "path": "shared.txt", "content": contents[name],
-             "if_match": base["sha256"]},
-        )  # fmt: skip
+            {
+                "project_id": project_id,
+                "path": "shared.txt",
+                "content": contents[name],
+                "if_match": base["sha256"],
+            },
+        )
 
     async with anyio.create_task_group() as group:
         group.start_soon(write, "alice", alice)
@@ -164,8 +172,12 @@ async def test_the_queue_caps_concurrency_fairly_and_every_run_is_recorded(
     team: dict[str, Client],
 ) -> None:
     project_id = await shared_project(team)
-    await call(team["alice"], "update_project_settings", project_id=project_id,
-               settings={"max_concurrent_executions": 2})  # fmt: skip
+    await call(
+        team["alice"],
+        "update_project_settings",
+        project_id=project_id,
+        settings={"max_concurrent_executions": 2},
+    )
     # Each command counts itself in and out under flock; the VM records the peak it saw.
     probe = (
         "flock .count.lock sh -c 'n=$(( $(cat count 2>/dev/null || echo 0) + 1 )); "
@@ -175,8 +187,7 @@ async def test_the_queue_caps_concurrency_fairly_and_every_run_is_recorded(
     results: list[dict[str, object]] = []
 
     async def run(name: str) -> None:
-        results.append(await call(team[name], "run_command", project_id=project_id,
-                                  command=probe))  # fmt: skip
+        results.append(await call(team[name], "run_command", project_id=project_id, command=probe))
 
     runners = ["alice"] * 10 + ["bob"] * 6 + ["dave"] * 4
     with anyio.fail_after(180):
@@ -188,8 +199,7 @@ async def test_the_queue_caps_concurrency_fairly_and_every_run_is_recorded(
     peaks = await call(team["carol"], "read_file", project_id=project_id, path="peaks")
     assert max(int(n) for n in peaks["content"].split()) == 2
     assert any(int(r["queued_ms"]) > 0 for r in results)  # type: ignore[call-overload]
-    history = await call(team["carol"], "get_execution_history", project_id=project_id,
-                         limit=100)  # fmt: skip
+    history = await call(team["carol"], "get_execution_history", project_id=project_id, limit=100)
     counted = Counter(r["agent_id"] for r in history["executions"] if r["command"] == probe)
     assert counted == {"alice": 10, "bob": 6, "dave": 4}
     assert all(r["queued_ms"] is not None for r in history["executions"])
@@ -274,8 +284,13 @@ async def test_fifty_agents_twenty_calls_each_all_recorded(
     async with http_client(url, tokens["alice"]) as alice:
         project_id = (await call(alice, "create_project", name="crowd"))["project_id"]
         for name in names:
-            await call(alice, "assign_agent", project_id=project_id, agent_id=name,
-                       access_level="read_write")  # fmt: skip
+            await call(
+                alice,
+                "assign_agent",
+                project_id=project_id,
+                agent_id=name,
+                access_level="read_write",
+            )
         failures: list[str] = []
 
         async def agent(name: str) -> None:

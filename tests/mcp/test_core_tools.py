@@ -28,10 +28,21 @@ async def test_every_tool_has_annotations_and_an_output_schema(alice: Alice) -> 
     tools = (await client.list_tools()).tools
     names = {tool.name for tool in tools}
     assert {
-        "create_project", "list_projects", "get_project", "start_project", "stop_project",
-        "delete_project", "run_command", "read_file", "write_file", "list_files", "edit_file",
-        "search_files", "delete_path", "get_execution_history",
-    } <= names  # fmt: skip
+        "create_project",
+        "list_projects",
+        "get_project",
+        "start_project",
+        "stop_project",
+        "delete_project",
+        "run_command",
+        "read_file",
+        "write_file",
+        "list_files",
+        "edit_file",
+        "search_files",
+        "delete_path",
+        "get_execution_history",
+    } <= names
     for tool in tools:
         assert tool.annotations is not None, tool.name
         assert tool.annotations.read_only_hint is not None, tool.name
@@ -189,11 +200,15 @@ async def test_stop_and_start_keep_the_workspace(alice: Alice) -> None:
     project_id = await new_project(client)
     await call(client, "write_file", project_id=project_id, path="keep.txt", content="kept")
     assert (await call(client, "stop_project", project_id=project_id))["status"] == "stopped"
-    error = await call_error(client, "read_file", project_id=project_id, path="keep.txt")
-    assert "start_project" in error
+    info = await call(client, "get_project", project_id=project_id)
+    assert (info["status"], info["status_reason"]) == ("stopped", "stopped by alice")
     assert (await call(client, "start_project", project_id=project_id))["status"] == "running"
     read = await call(client, "read_file", project_id=project_id, path="keep.txt")
     assert read["content"] == "kept"
+    await call(client, "stop_project", project_id=project_id)
+    woken = await call(client, "read_file", project_id=project_id, path="keep.txt")
+    assert woken["content"] == "kept"
+    assert (await call(client, "get_project", project_id=project_id))["status"] == "running"
 
 
 async def test_delete_removes_the_vm_and_workspace_and_is_idempotent(alice: Alice) -> None:

@@ -23,8 +23,9 @@ async def follow_to_end(client: Client, execution_id: str, since: int = 0) -> di
     stdout = ""
     with anyio.fail_after(60):
         while True:
-            chunk = await call(client, "read_command_output", execution_id=execution_id,
-                               since=since, wait_s=10)  # fmt: skip
+            chunk = await call(
+                client, "read_command_output", execution_id=execution_id, since=since, wait_s=10
+            )
             stdout += chunk["stdout"]
             since = chunk["next_since"]
             if chunk["finished"]:
@@ -75,8 +76,7 @@ async def test_input_can_be_sent_to_a_running_command(alice: Alice) -> None:
     assert done["stdout"] == "hello world\nbye now\n"
     error = await call_error(client, "send_input", execution_id=execution_id, data="late")
     assert "finished" in error
-    plain = await call(client, "run_command", project_id=project_id, command="sleep 5",
-                       wait_s=0)  # fmt: skip
+    plain = await call(client, "run_command", project_id=project_id, command="sleep 5", wait_s=0)
     await eventually(
         lambda: _has_handle(client, project_id, plain["execution_id"]),
         what="the plain command starting",
@@ -94,17 +94,19 @@ async def _has_handle(client: Client, project_id: str, execution_id: str) -> boo
 async def test_queued_and_running_commands_can_be_listed_and_cancelled(alice: Alice) -> None:
     client, _ = alice
     project_id = await project(client, max_concurrent_executions=1)
-    first = await call(client, "run_command", project_id=project_id, command="sleep 300",
-                       wait_s=0)  # fmt: skip
-    second = await call(client, "run_command", project_id=project_id, command="echo never",
-                        wait_s=0)  # fmt: skip
-    third = await call(client, "run_command", project_id=project_id, command="echo third",
-                       wait_s=0)  # fmt: skip
+    first = await call(client, "run_command", project_id=project_id, command="sleep 300", wait_s=0)
+    second = await call(
+        client, "run_command", project_id=project_id, command="echo never", wait_s=0
+    )
+    third = await call(client, "run_command", project_id=project_id, command="echo third", wait_s=0)
     assert second["status"] == "queued"
     listing = await call(client, "list_executions", project_id=project_id)
     positions = {e["execution_id"]: e["queue_position"] for e in listing["executions"]}
-    assert positions == {first["execution_id"]: None, second["execution_id"]: 1,
-                         third["execution_id"]: 2}  # fmt: skip
+    assert positions == {
+        first["execution_id"]: None,
+        second["execution_id"]: 1,
+        third["execution_id"]: 2,
+    }
     assert listing["max_concurrent_executions"] == 1
     cancelled = await call(client, "cancel_execution", execution_id=second["execution_id"])
     assert cancelled["status"] == "cancelled"
@@ -117,8 +119,11 @@ async def test_queued_and_running_commands_can_be_listed_and_cancelled(alice: Al
     assert done["stdout"] == "third\n"
     history = await call(client, "get_execution_history", project_id=project_id)
     statuses = {r["command"]: r["status"] for r in history["executions"]}
-    assert statuses == {"sleep 300": "cancelled", "echo never": "cancelled",
-                        "echo third": "completed"}  # fmt: skip
+    assert statuses == {
+        "sleep 300": "cancelled",
+        "echo never": "cancelled",
+        "echo third": "completed",
+    }
     never = next(r for r in history["executions"] if r["command"] == "echo never")
     assert never["started_at"] is None
 
@@ -179,10 +184,12 @@ async def test_cancelling_the_request_kills_the_command(alice: Alice) -> None:
 async def test_stopping_a_project_kills_queued_commands_too(alice: Alice) -> None:
     client, _ = alice
     project_id = await project(client, max_concurrent_executions=1)
-    running = await call(client, "run_command", project_id=project_id, command="sleep 300",
-                         wait_s=0)  # fmt: skip
-    queued = await call(client, "run_command", project_id=project_id, command="echo later",
-                        wait_s=0)  # fmt: skip
+    running = await call(
+        client, "run_command", project_id=project_id, command="sleep 300", wait_s=0
+    )
+    queued = await call(
+        client, "run_command", project_id=project_id, command="echo later", wait_s=0
+    )
     await call(client, "stop_project", project_id=project_id)
     history = await call(client, "get_execution_history", project_id=project_id)
     statuses = {r["execution_id"]: (r["status"], r["reason"]) for r in history["executions"]}

@@ -24,8 +24,9 @@ async def pair(local_config: ServerConfig) -> AsyncIterator[tuple[Client, Client
         assert first.state is not None
         await first.state.service.ensure_agent("bob")
         project_id = (await call(alice, "create_project", name="shared"))["project_id"]
-        await call(alice, "assign_agent", project_id=project_id, agent_id="bob",
-                   access_level="read_write")  # fmt: skip
+        await call(
+            alice, "assign_agent", project_id=project_id, agent_id="bob", access_level="read_write"
+        )
         second = build_server(local_config, transport="memory", agent="bob")
         async with Client(second.mcp) as bob:
             yield alice, bob, project_id
@@ -37,8 +38,7 @@ async def test_locks_refuse_other_agents_writes_until_released(
     alice, bob, project_id = pair
     locked = await call(alice, "lock_path", project_id=project_id, path="src", ttl_s=600)
     assert locked["lock"]["path"] == "src"
-    error = await call_error(bob, "write_file", project_id=project_id, path="src/a.py",
-                             content="x")  # fmt: skip
+    error = await call_error(bob, "write_file", project_id=project_id, path="src/a.py", content="x")
     assert "locked by alice until" in error
     for tool, arguments in (
         ("delete_path", {"path": "src", "recursive": True}),
@@ -73,16 +73,19 @@ async def test_members_can_be_changed_but_the_owner_stays_admin(
     pair: tuple[Client, Client, str],
 ) -> None:
     alice, bob, project_id = pair
-    error = await call_error(alice, "assign_agent", project_id=project_id, agent_id="alice",
-                             access_level="read_only")  # fmt: skip
+    error = await call_error(
+        alice, "assign_agent", project_id=project_id, agent_id="alice", access_level="read_only"
+    )
     assert "stays admin" in error
-    error = await call_error(alice, "assign_agent", project_id=project_id, agent_id="nobody",
-                             access_level="read_only")  # fmt: skip
+    error = await call_error(
+        alice, "assign_agent", project_id=project_id, agent_id="nobody", access_level="read_only"
+    )
     assert "projectvm agents add nobody" in error
     error = await call_error(alice, "remove_agent", project_id=project_id, agent_id="alice")
     assert "cannot be removed" in error
-    await call(alice, "assign_agent", project_id=project_id, agent_id="bob",
-               access_level="read_only")  # fmt: skip
+    await call(
+        alice, "assign_agent", project_id=project_id, agent_id="bob", access_level="read_only"
+    )
     error = await call_error(bob, "write_file", project_id=project_id, path="x", content="x")
     assert "needs read_write" in error
     who = await call(bob, "whoami")
@@ -109,11 +112,19 @@ async def test_settings_are_updated_partially_and_recorded(
     assert updated["settings"]["auto_sleep_minutes"] == 30
     ran = await call(bob, "run_command", project_id=project_id, command="echo $STAGE")
     assert ran["stdout"] == "test\n"
-    error = await call_error(bob, "update_project_settings", project_id=project_id,
-                             settings={"max_concurrent_executions": 9})  # fmt: skip
+    error = await call_error(
+        bob,
+        "update_project_settings",
+        project_id=project_id,
+        settings={"max_concurrent_executions": 9},
+    )
     assert "needs admin" in error
-    error = await call_error(alice, "update_project_settings", project_id=project_id,
-                             settings={"max_concurrent_executions": 0})  # fmt: skip
+    error = await call_error(
+        alice,
+        "update_project_settings",
+        project_id=project_id,
+        settings={"max_concurrent_executions": 0},
+    )
     assert "max_concurrent_executions" in error
     events = (await call(bob, "get_events", project_id=project_id))["events"]
     [change] = [e for e in events if e["kind"] == "settings.updated"]

@@ -53,9 +53,10 @@ async def test_fifty_megabytes_of_output_are_capped_and_server_memory_stays_boun
         project_id = (await call(client, "create_project", name="flood"))["project_id"]
         await call(client, "run_command", project_id=project_id, command="echo warm-up")
         [server_pid] = [
-            pid for pid in processes_with(str(data_dir)) if "server.cli" in Path(
-                f"/proc/{pid}/cmdline").read_text(errors="replace")
-        ]  # fmt: skip
+            pid
+            for pid in processes_with(str(data_dir))
+            if "server.cli" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        ]
         baseline = peak_rss_kib(server_pid)
         result = await call(
             client,
