@@ -270,6 +270,7 @@ class GuestClient:
         timeout_s: float | None = None,
         output_limit: int | None = None,
         tail_limit: int | None = None,
+        fsize_limit: int | None = None,
         exec_id: str | None = None,
     ) -> ExecHandle:
         """Start a command; read its output from :meth:`ExecHandle.events`."""
@@ -293,6 +294,8 @@ class GuestClient:
             params["output_limit"] = output_limit
         if tail_limit is not None:
             params["tail_limit"] = tail_limit
+        if fsize_limit is not None:
+            params["fsize_limit"] = fsize_limit
         try:
             await self.call("exec.start", params)
         except BaseException:

@@ -19,6 +19,7 @@ matching builtin so ``except FileNotFoundError`` keeps working. The whole tree::
     │   ├── StdinClosed               (BrokenPipeError)
     │   ├── GuestPermissionDenied     (PermissionError)  not executable, not writable
     │   ├── WorkspaceFull             (OSError)          no space or quota left
+    │   ├── GuestResourceExhausted    (OSError)          out of processes
     │   ├── GuestIOError              (OSError)          any other I/O failure
     │   └── InvalidRequest            (ValueError)       bad params, oversized request
     ├── GuestUnreachable              (ConnectionError)  the channel to the guest is gone
@@ -38,6 +39,7 @@ __all__ = [
     "GuestIOError",
     "GuestPermissionDenied",
     "GuestProtocolError",
+    "GuestResourceExhausted",
     "GuestUnreachable",
     "InvalidPath",
     "InvalidRequest",
@@ -130,6 +132,12 @@ class InvalidRequest(GuestError, ValueError):
     kind = "invalid_params"
 
 
+class GuestResourceExhausted(GuestError, OSError):
+    """The VM is out of processes (its pids limit) or another resource."""
+
+    kind = "resource_exhausted"
+
+
 class WorkspaceFull(GuestError, OSError):
     """No space left on the workspace's filesystem or quota."""
 
@@ -173,6 +181,7 @@ _BY_KIND: dict[str, type[GuestError]] = {
         GuestPermissionDenied,
         WorkspaceFull,
         GuestIOError,
+        GuestResourceExhausted,
     )
 }
 _BY_KIND.update(

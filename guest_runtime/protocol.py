@@ -90,6 +90,7 @@ class WriteResult(_Wire):
     size: int
     created: bool
     previous_sha256: str | None = None
+    previous_size: int = 0
 
 
 class DirEntry(_Wire):

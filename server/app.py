@@ -58,6 +58,7 @@ class ServerHandle:
     """The MCP server plus, while its lifespan runs, its state (for HTTP authentication)."""
 
     mcp: MCPServer
+    config: ServerConfig
     state: AppState | None = field(default=None)
 
 
@@ -96,5 +97,5 @@ def build_server(
     )
     register_tools(mcp)
     publish = register_resources(mcp, bus)
-    handle = ServerHandle(mcp=mcp)
+    handle = ServerHandle(mcp=mcp, config=config)
     return handle

@@ -8,6 +8,7 @@ updated when it starts and when it ends, however it ends.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -33,6 +34,26 @@ GUEST_REPORT_GRACE_S = 30.0
 PROGRESS_EVERY_S = 1.0
 MAX_WAIT_S = 300.0
 HANDLE_WAIT_S = 30.0
+
+
+def check_command_policy(project: Project, command: str) -> None:
+    """The project's advisory allow/deny lists (shell patterns over the whole command line).
+
+    Advisory only: a script or ``sh -c`` can run anything; the VM is the boundary.
+    """
+    settings = project.settings
+    for pattern in settings.command_denylist:
+        if fnmatch.fnmatchcase(command.strip(), pattern):
+            raise AccessDenied(
+                f"project {project.project_id} refuses commands matching {pattern!r} "
+                "(command_denylist); an admin can change it with update_project_settings"
+            )
+    allowed = settings.command_allowlist
+    if allowed and not any(fnmatch.fnmatchcase(command.strip(), p) for p in allowed):
+        raise AccessDenied(
+            f"project {project.project_id} only runs commands matching "
+            f"{', '.join(repr(p) for p in allowed)} (command_allowlist); an admin can change it"
+        )
 
 
 class Executions:
@@ -66,6 +87,7 @@ class Executions:
         if not text.strip():
             raise InvalidInput("command is empty; pass a shell command such as 'ls -la'")
         timeout = self._timeout(timeout_s)
+        check_command_policy(project, text)
         project = await self.service.lifecycle.ensure_awake(project)
         runtime = self.service.runtime(project)
         execution = Execution(
@@ -135,8 +157,10 @@ class Executions:
         live.mark_started(started, int((started - queued_at).total_seconds() * 1000))
         status = ExecutionStatus.FAILED
         reason: str | None = None
+        storage = self.service.storage
         try:
             client = await self.service.lifecycle.client(project)
+            room = await storage.room_for_command(project, client)
             live.handle = await client.start_exec(
                 command,
                 cwd=cwd,
@@ -146,6 +170,7 @@ class Executions:
                 timeout_s=timeout,
                 output_limit=self.service.limits.output_limit_bytes,
                 tail_limit=self.service.limits.output_tail_bytes,
+                fsize_limit=room,
                 exec_id=live.execution.execution_id,
             )
             live.notify()
@@ -158,14 +183,23 @@ class Executions:
                 reason = "the VM did not report the command's end; it may be overloaded"
             elif live.exit is not None:
                 status, reason = self._exit_status(project, live)
+                if reason is None and live.exit.exit_code and "File too large" in live.stderr():
+                    reason = (
+                        f"files could grow by at most {room} bytes: the workspace is limited by "
+                        f"max_storage_gb ({project.settings.max_storage_gb:g}); free space or "
+                        "ask an admin to raise it"
+                    )
         except GuestUnreachable as err:
             stopping = self.service.runtime(project).stopping
             status = ExecutionStatus.KILLED if stopping else ExecutionStatus.FAILED
             reason = stopping or f"the VM went away while the command ran: {err}"
         except GuestError as err:
             reason = str(err)
+            if live.handle is None:
+                live.start_error = err  # a bad cwd, a missing program: the caller's mistake
         except Exception as err:  # ProjectNotRunning, driver errors: recorded, not lost
             reason = str(err)
+        storage.forget(project.project_id)
         await self._finish(live, status, reason)
 
     def _exit_status(
@@ -249,6 +283,8 @@ class Executions:
                 )
                 await live.finished.wait()
             raise
+        if live.start_error is not None and live.finished.is_set():
+            raise live.start_error  # recorded as failed; the caller gets the error itself
         return self.result(live)
 
     async def _follow(self, live: LiveExecution) -> None:

@@ -233,13 +233,15 @@ class FileOps:
         append: bool = False,
     ) -> FileWrite:
         data = self._decode(content, encoding)
-        _, client = await self._open(agent_id, project_id, AccessLevel.READ_WRITE)
+        project, client = await self._open(agent_id, project_id, AccessLevel.READ_WRITE)
         async with self.service.runtime_of(project_id).mutation:
             await self.service.locks.check_write(agent_id, project_id, path)
+            await self.service.storage.check_write(project, client, path, len(data), append)
             try:
                 written = await client.write_file(path, data, if_match=if_match, append=append)
             except WriteConflict as err:
                 raise await self._conflict(project_id, err) from err
+            self.service.storage.wrote(project_id, written.previous_size, written.size)
             await self.service.store.append_event(
                 project_id,
                 agent_id,
@@ -266,7 +268,7 @@ class FileOps:
     ) -> EditResult:
         if not edits:
             raise InvalidInput("edits is empty; give at least one {old_text, new_text}")
-        _, client = await self._open(agent_id, project_id, AccessLevel.READ_WRITE)
+        project, client = await self._open(agent_id, project_id, AccessLevel.READ_WRITE)
         async with self.service.runtime_of(project_id).mutation:
             if not dry_run:
                 await self.service.locks.check_write(agent_id, project_id, path)
@@ -305,12 +307,15 @@ class FileOps:
                     diff=diff,
                     applied=False,
                 )
+            encoded = after.encode("utf-8")
+            await self.service.storage.check_write(
+                project, client, current.path, len(encoded), append=False
+            )
             try:
-                written = await client.write_file(
-                    current.path, after.encode("utf-8"), if_match=current.sha256
-                )
+                written = await client.write_file(current.path, encoded, if_match=current.sha256)
             except WriteConflict as err:
                 raise await self._conflict(project_id, err) from err
+            self.service.storage.wrote(project_id, written.previous_size, written.size)
             await self.service.store.append_event(
                 project_id,
                 agent_id,
@@ -342,6 +347,7 @@ class FileOps:
                 removed = await client.remove(path, recursive=recursive, if_match=if_match)
             except WriteConflict as err:
                 raise await self._conflict(project_id, err) from err
+            self.service.storage.forget(project_id)
             await self.service.store.append_event(
                 project_id, agent_id, "file.deleted", {"path": path}
             )

@@ -87,9 +87,12 @@ class BearerAuth:
 def build_http_app(
     handle: ServerHandle, host: str, port: int, allowed_hosts: list[str] | None = None
 ) -> ASGIApp:
+    # A write_file call carries its content base64- or JSON-encoded: leave room for that.
+    largest_file = handle.config.limits.max_file_bytes
     mcp_app = handle.mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         transport_security=_security(host, port, allowed_hosts or []),
+        max_request_body_size=largest_file * 4 // 3 + 1024 * 1024,
     )
 
     async def resolve(token: str) -> str | None:

@@ -46,6 +46,7 @@ def spec_of(project: Project) -> VMSpec:
         project_type=project.project_type,
         cpus=project.settings.cpus,
         memory_mb=project.settings.memory_mb,
+        pids_limit=project.settings.pids_limit,
         disk_gb=project.settings.max_storage_gb,
         network=project.settings.network,
     )
@@ -116,7 +117,7 @@ class Lifecycle:
     async def _start_with_retries(self, driver: VMDriver, project: Project, vm_id: str) -> None:
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             try:
-                await driver.start_project_vm(vm_id)
+                await driver.start_project_vm(vm_id, spec_of(project))
                 return
             except VMNotFound:
                 # The VM and its workspace are gone: give the project a fresh one.

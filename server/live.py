@@ -43,6 +43,8 @@ class LiveExecution:
         # Set when someone stops it on purpose: what to record instead of "killed on request".
         self.abort_status = ExecutionStatus.CANCELLED
         self.abort_reason: str | None = None
+        # Why the command could not even start in the VM (it is recorded as failed too).
+        self.start_error: Exception | None = None
         self.finished = anyio.Event()
         self._changed = anyio.Event()
 

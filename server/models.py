@@ -91,6 +91,17 @@ class ProjectSettings(_Model):
     max_concurrent_executions: int = Field(
         default=4, ge=1, le=64, description="commands running at once; more wait in a queue"
     )
+    pids_limit: int | None = Field(
+        default=None, ge=16, description="processes in the VM; null = driver default"
+    )
+    command_allowlist: list[str] = Field(
+        default_factory=list,
+        description="advisory: if set, only commands matching one of these shell patterns run",
+    )
+    command_denylist: list[str] = Field(
+        default_factory=list,
+        description="advisory: commands matching any of these shell patterns are refused",
+    )
 
     @field_validator("environment_variables")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,10 +39,25 @@ __all__ = [
     "ProjectInfo",
     "ProjectList",
     "ProjectStatus",
+    "ResourceUsage",
     "SearchHit",
     "SearchResults",
     "WhoAmI",
 ]
+
+
+class ResourceUsage(BaseModel):
+    """What a project's VM uses, measured in the VM."""
+
+    workspace_bytes: int | None = None
+    max_storage_bytes: int
+    cpu_percent: float | None = None
+    cpu_count: int | None = None
+    memory_used_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    disk_free_bytes: int | None = None
+    load_average: list[float] | None = None
+    note: str | None = None
 
 
 class ProjectInfo(BaseModel):
@@ -66,8 +81,8 @@ class ProjectInfo(BaseModel):
     last_activity_at: datetime | None
     settings: ProjectSettings
     members: list[Member] | None = None
-    usage: dict[str, Any] | None = Field(
-        default=None, description="CPU, memory and workspace disk use, when running"
+    usage: ResourceUsage | None = Field(
+        default=None, description="CPU, memory and workspace disk use (get_project only)"
     )
 
     @classmethod

@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 import anyio
 import anyio.abc
 
+from guest_runtime.errors import ProjectVMError
 from server import progress
 from server.channels import ChannelPool
 from server.config import Limits
@@ -44,8 +45,10 @@ from server.results import (
     MemberList,
     ProjectInfo,
     ProjectList,
+    ResourceUsage,
     WhoAmI,
 )
+from server.storage import StorageGuard, limit_bytes
 from server.store import Store, utcnow
 from vm_drivers.errors import DriverError
 from vm_drivers.registry import DriverSet
@@ -53,9 +56,11 @@ from vm_drivers.registry import DriverSet
 __all__ = ["ProjectService", "Runtime"]
 
 MAX_EVENT_WAIT_S = 300.0
+USAGE_TIMEOUT_S = 15.0
 # Always usable whatever a project's allowed_tools say, so an admin can never lock itself out.
 ALWAYS_ALLOWED_TOOLS = frozenset(
     {
+        "create_project",
         "get_project",
         "list_projects",
         "update_project_settings",
@@ -111,6 +116,7 @@ class ProjectService:
         self.files = FileOps(self)
         self.locks = PathLocks(self)
         self.lifecycle = Lifecycle(self)
+        self.storage = StorageGuard(self)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._channels: ChannelPool | None = None
 
@@ -293,7 +299,30 @@ class ProjectService:
         project, level = await self.authorize(agent_id, project_id, AccessLevel.READ_ONLY)
         info = ProjectInfo.of(project, level)
         info.members = await self.store.list_members(project_id)
+        info.usage = await self._usage(project)
         return info
+
+    async def _usage(self, project: Project) -> ResourceUsage:
+        """CPU, memory and workspace disk use, measured in the VM (a stopped one is not woken)."""
+        usage = ResourceUsage(max_storage_bytes=limit_bytes(project))
+        if project.vm_status != VMStatus.RUNNING:
+            usage.note = f"the VM is {project.vm_status}; figures appear while it runs"
+            return usage
+        try:
+            with anyio.fail_after(USAGE_TIMEOUT_S):
+                client = await self.lifecycle.client(project)
+                stats = await client.stats()
+                usage.workspace_bytes = await self.storage.used_bytes(project, client, exact=True)
+        except (TimeoutError, ProjectVMError) as err:
+            usage.note = f"could not measure: {err or 'the VM did not answer in time'}"
+            return usage
+        usage.cpu_percent = stats.cpu_percent
+        usage.cpu_count = stats.cpu_count
+        usage.memory_used_bytes = stats.memory_used_bytes
+        usage.memory_limit_bytes = stats.memory_limit_bytes
+        usage.disk_free_bytes = stats.disk_free_bytes
+        usage.load_average = stats.load_average
+        return usage
 
     # -- members ------------------------------------------------------------------------------
 

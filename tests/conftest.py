@@ -11,6 +11,8 @@ from mcp import Client
 
 from server.app import ServerHandle, build_server
 from server.config import ServerConfig
+from vm_drivers.base import DriverContext
+from vm_drivers.registry import DriverSet
 
 
 @pytest.fixture
@@ -41,3 +43,16 @@ async def alice(local_config: ServerConfig) -> AsyncIterator[tuple[Client, Serve
     handle = build_server(local_config, transport="memory", agent="alice")
     async with Client(handle.mcp) as client:
         yield client, handle
+
+
+@pytest.fixture(params=["local", "docker"])
+async def driver_config(request: pytest.FixtureRequest, data_dir: Path) -> ServerConfig:
+    """A server config on each driver usable here (skipped with the probe's reason if not)."""
+    drivers = DriverSet(DriverContext.for_data_dir(data_dir))
+    try:
+        availability = await drivers.probe(request.param)
+    finally:
+        await drivers.aclose()
+    if not availability.usable:
+        pytest.skip(f"driver {request.param} is not usable here: {availability.reason}")
+    return ServerConfig.load(data_dir, driver=request.param)

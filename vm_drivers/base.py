@@ -61,6 +61,12 @@ class VMSpec(BaseModel):
     image: str | None = Field(default=None, description="image/template; None = driver default")
     labels: dict[str, str] = Field(default_factory=dict)
 
+    def shape(self) -> dict[str, object]:
+        """What the VM is made of (not who it is for): changing it means re-making the VM."""
+        return self.model_dump(
+            include={"project_type", "cpus", "memory_mb", "pids_limit", "network", "image"}
+        )
+
 
 class VMCreationResult(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -144,7 +150,10 @@ class VMDriver(Protocol):
         """Create the VM and its persistent workspace; the VM is left running."""
         ...
 
-    async def start_project_vm(self, vm_id: str) -> None: ...
+    async def start_project_vm(self, vm_id: str, spec: VMSpec | None = None) -> None:
+        """Start a stopped VM; with ``spec``, first bring its resources and network in line
+        (settings changed while it was stopped)."""
+        ...
 
     async def stop_project_vm(self, vm_id: str) -> None:
         """Stop the VM; the workspace survives."""

@@ -43,6 +43,17 @@ class LocalDriverConfig(_Config):
     root_dir: Path | None = Field(
         default=None, description="where workspaces and sandbox state live; default DATA_DIR/local"
     )
+    pids_limit: int | None = Field(
+        default=1024,
+        description="processes per sandbox when the project sets none (a cgroup limit: "
+        "contains fork bombs); needs permission to create cgroups",
+    )
+    memory_mb: int | None = Field(
+        default=None, description="memory per sandbox when the project sets none; null = none"
+    )
+    cpus: float | None = Field(
+        default=None, description="CPU per sandbox when the project sets none; null = none"
+    )
     hidden_paths: list[str] = Field(
         default_factory=lambda: ["/home", "/root", "/run", "/tmp", "/mnt", "/media", "/srv"],
         description="host directories not visible in the sandbox (the rest of / is read-only); "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import ssl
 import struct
@@ -199,16 +200,19 @@ class DockerDriver:
                 "max_pool_size": 32,
             }
             if self.config.base_url:
-                self._client = await self._call(
-                    "connecting to the engine",
-                    docker.DockerClient,
-                    base_url=self.config.base_url,
-                    **options,
+                options["base_url"] = self.config.base_url
+            factory = docker.DockerClient if self.config.base_url else docker.from_env
+            try:
+                self._client = await self._call("connecting to the engine", factory, **options)
+            except DriverUnavailable:
+                raise
+            except DriverError as err:
+                where = (
+                    self.config.base_url or os.environ.get("DOCKER_HOST") or "the default socket"
                 )
-            else:
-                self._client = await self._call(
-                    "connecting to the engine", docker.from_env, **options
-                )
+                raise DriverUnavailable(
+                    "docker", f"no engine answers at {where} ({err})", ENGINE_HINT
+                ) from err
         return self._client
 
     def _lock(self, vm_id: str) -> anyio.Lock:
@@ -251,7 +255,11 @@ class DockerDriver:
     # -- containers ---------------------------------------------------------------------------
 
     def _labels(self, spec: VMSpec, vm_id: str) -> dict[str, str]:
-        return {**spec.labels, **self.context.labels(spec.project_id, vm_id)}
+        return {
+            **spec.labels,
+            **self.context.labels(spec.project_id, vm_id),
+            LABEL_SPEC: spec.model_dump_json(),
+        }
 
     async def _create_container(self, vm_id: str, spec: VMSpec) -> Container:
         client = await self.client()
@@ -337,7 +345,7 @@ class DockerDriver:
                     f"creating the workspace volume of {vm_id}",
                     client.volumes.create,
                     name=self._volume_name(vm_id),
-                    labels={**self._labels(spec, vm_id), LABEL_SPEC: spec.model_dump_json()},
+                    labels=self._labels(spec, vm_id),
                 )
                 container = await self._create_container(vm_id, spec)
                 await self._start(container)
@@ -352,16 +360,32 @@ class DockerDriver:
             details={"image": image},
         )
 
-    async def start_project_vm(self, vm_id: str) -> None:
+    async def start_project_vm(self, vm_id: str, spec: VMSpec | None = None) -> None:
         async with self._lock(vm_id):
             container = await self._container(vm_id)
+            if (
+                container is not None
+                and spec is not None
+                and self._shape(container) != spec.shape()
+            ):
+                # Resources or network changed: a container cannot take them on, make a new one
+                # (the workspace is a volume, it stays).
+                await self._call(f"replacing {vm_id}", container.remove, force=True)
+                container = None
             if container is None:
-                spec = await self._volume_spec(vm_id)
+                spec = spec or await self._volume_spec(vm_id)
                 if spec is None:
                     raise VMNotFound.of(vm_id)
                 container = await self._create_container(vm_id, spec)
             if container.status != "running":
                 await self._start(container)
+
+    @staticmethod
+    def _shape(container: Container) -> dict[str, object] | None:
+        try:
+            return VMSpec.model_validate_json((container.labels or {})[LABEL_SPEC]).shape()
+        except (KeyError, ValueError):
+            return None
 
     async def stop_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
@@ -483,7 +507,7 @@ class DockerDriver:
                 status=self._status(container.attrs.get("State") or {}),
                 driver=self.name,
                 created_at=_parse_time(created),
-                labels=labels,
+                labels={k: v for k, v in labels.items() if k != LABEL_SPEC},
                 detail=f"container {container.short_id}",
             )
         volumes = await self._call(

@@ -33,6 +33,7 @@ from vm_drivers.base import (
     VMSpec,
     VMStatus,
 )
+from vm_drivers.cgroups import CgroupLimits, Cgroups
 from vm_drivers.config import LocalDriverConfig
 from vm_drivers.errors import (
     DriverUnavailable,
@@ -61,6 +62,19 @@ class _VMRecord(BaseModel):
     network: str
     created_at: datetime
     labels: dict[str, str]
+    cpus: float | None = None
+    memory_mb: int | None = None
+    pids_limit: int | None = None
+
+    def with_spec(self, spec: VMSpec) -> _VMRecord:
+        return self.model_copy(
+            update={
+                "network": spec.network,
+                "cpus": spec.cpus,
+                "memory_mb": spec.memory_mb,
+                "pids_limit": spec.pids_limit,
+            }
+        )
 
 
 class _SandboxChannel(anyio.abc.ByteStream):
@@ -134,6 +148,7 @@ class LocalDriver:
         self.root = config.root_dir or context.data_dir / "local"
         self._channels: dict[str, _SandboxChannel] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self.cgroups = Cgroups.detect(f"projectvm-{context.instance_id}")
 
     # -- state on disk ------------------------------------------------------------------------
 
@@ -267,9 +282,18 @@ class LocalDriver:
         top = "/" + path.strip("/").split("/", 1)[0]
         return top in hidden or top.strip("/") in ALWAYS_PRIVATE
 
+    def _limits(self, record: _VMRecord) -> CgroupLimits:
+        memory_mb = record.memory_mb or self.config.memory_mb
+        return CgroupLimits(
+            pids=record.pids_limit or self.config.pids_limit,
+            memory_bytes=memory_mb * 1024 * 1024 if memory_mb else None,
+            cpus=record.cpus or self.config.cpus,
+        )
+
     async def _spawn(self, record: _VMRecord) -> _SandboxChannel:
         agent = await anyio.to_thread.run_sync(write_agent_zipapp, self.root / "agent")
-        argv = self.sandbox_argv(record, agent)
+        procs = self.cgroups.prepare(record.vm_id, self._limits(record))
+        argv = Cgroups.join_command(procs, self.sandbox_argv(record, agent))
         log_path = self._log_path(record.vm_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
@@ -287,6 +311,7 @@ class LocalDriver:
         channel = self._channels.pop(vm_id, None)
         if channel is not None:
             await channel.aclose()
+            await self.cgroups.release(vm_id)
 
     # -- VMDriver -----------------------------------------------------------------------------
 
@@ -302,27 +327,30 @@ class LocalDriver:
             network=spec.network,
             created_at=datetime.now(UTC),
             labels={**spec.labels, **self.context.labels(spec.project_id, vm_id)},
-        )
+        ).with_spec(spec)
         workspace = self.workspace_dir(vm_id)
         try:
             workspace.mkdir(parents=True, exist_ok=True)
             self._save(record)
         except OSError as err:
+            shutil.rmtree(workspace, ignore_errors=True)
             raise VMCreationFailed(
                 f"could not create the workspace {workspace}: {err}; check the data directory "
                 "is writable and has space"
             ) from err
         return VMCreationResult(vm_id=vm_id, status=VMStatus.RUNNING, workspace_path=str(workspace))
 
-    async def start_project_vm(self, vm_id: str) -> None:
+    async def start_project_vm(self, vm_id: str, spec: VMSpec | None = None) -> None:
         async with self._lock(vm_id):
             record = self._load(vm_id)
             if not self.workspace_dir(vm_id).is_dir():
                 raise VMOperationFailed(
                     f"the workspace of VM {vm_id} is missing at {self.workspace_dir(vm_id)}"
                 )
-            if record.state != VMStatus.RUNNING:
-                self._save(record.model_copy(update={"state": VMStatus.RUNNING}))
+            updated = record.with_spec(spec) if spec is not None else record
+            updated = updated.model_copy(update={"state": VMStatus.RUNNING})
+            if updated != record:
+                self._save(updated)
 
     async def stop_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
@@ -420,7 +448,7 @@ class LocalDriver:
             details={
                 "bwrap": f"{bwrap} ({version.stdout.decode().strip()})",
                 "python": python,
-                "limits": "no CPU or memory limits (use docker or a VM driver for those)",
+                "limits": self.cgroups.status(),
             },
         )
 

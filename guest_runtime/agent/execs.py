@@ -3,7 +3,10 @@
 Each command runs in a new session, so its process group can be killed as a whole on timeout or
 cancel. Output is streamed as ``exec.output`` notifications numbered by ``seq``; past the output
 limit it is still read (the process never blocks on a full pipe) but dropped and reported as
-truncated. ``exec.exit`` always comes after the last ``exec.output`` of that execution.
+truncated, except for the last ``tail_limit`` bytes, sent at the end marked ``tail``.
+``exec.exit`` always comes after the last ``exec.output`` of that execution. A command is over
+when its main process has exited and its output is closed: processes it left running that still
+hold its output are killed with its process group.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import base64
 import collections
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -36,6 +40,17 @@ SIGNALS = {
     "INT": signal.SIGINT,
     "HUP": signal.SIGHUP,
 }
+
+
+def _file_size_limiter(limit: int) -> Callable[[], None]:
+    """In the child: no file may grow past ``limit`` bytes; a write beyond fails with EFBIG
+    ("File too large") instead of killing the process with SIGXFSZ."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return apply
 
 
 def _default_shell() -> str:
@@ -130,6 +145,9 @@ class Execs:
         env["PWD"] = cwd
         stdin_data = param(params, "stdin", str)
         keep_stdin = param(params, "stdin_open", bool, False)
+        fsize_limit = param(params, "fsize_limit", int)
+        if fsize_limit is not None and fsize_limit < 0:
+            raise InvalidParams("fsize_limit must not be negative")
 
         ex = Execution(exec_id, command, limit, timeout)
         ex.tail_limit = tail_limit
@@ -146,6 +164,7 @@ class Execs:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_file_size_limiter(fsize_limit) if fsize_limit is not None else None,
             )
         except FileNotFoundError:
             os.close(out_r)
@@ -155,6 +174,14 @@ class Execs:
             os.close(out_r)
             os.close(err_r)
             raise GuestError("permission_denied", "%r is not executable" % argv[0]) from None
+        except BlockingIOError:
+            os.close(out_r)
+            os.close(err_r)
+            raise GuestError(
+                "resource_exhausted",
+                "cannot start the command: the VM has reached its process limit; end some "
+                "processes, or stop_project and start_project to restart the VM",
+            ) from None
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -238,6 +265,11 @@ class Execs:
                 ex.kill_group()
                 await ex.proc.wait()
             _, pending = await asyncio.wait(ex.pumps, timeout=DRAIN_GRACE_S)
+            if pending:
+                # Processes it left behind still hold its output: the command is not over
+                # until they are gone (a server meant to outlive it redirects its output).
+                ex.kill_group()
+                _, pending = await asyncio.wait(pending, timeout=DRAIN_GRACE_S)
             for task in pending:
                 task.cancel()
             if pending:

@@ -290,6 +290,7 @@ class Files:
             "size": len(data),
             "created": existing is None,
             "previous_sha256": previous,
+            "previous_size": existing.st_size if existing is not None else 0,
         }
 
     def _replace(self, res: Resolved, data: bytes, mode: int) -> str:
@@ -326,7 +327,13 @@ class Files:
     def stat(self, params: Dict[str, Any]) -> Dict[str, Any]:
         path = required(params, "path", str)
         want_hash = param(params, "sha256", bool, False)
-        with self.workspace.resolve(path, follow_final=param(params, "follow", bool, True)) as res:
+        try:
+            res = self.workspace.resolve(path, follow_final=param(params, "follow", bool, True))
+        except GuestError as err:
+            if err.kind == "not_found":  # a missing parent directory: the path does not exist
+                return {"path": path, "exists": False}
+            raise
+        with res:
             st = res.lstat()
             if st is None:
                 return {"path": res.path, "exists": False}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import anyio
 import pytest
@@ -123,30 +124,6 @@ def test_the_agent_bundle_is_reproducible_and_stdlib_only() -> None:
             stripped = line.strip()
             if stripped.startswith(("import ", "from ")) and not stripped.startswith("from ."):
                 module = stripped.split()[1].split(".")[0]
-                assert module in _STDLIB or module == "projectvm_agent", f"{name}: {stripped}"
-
-
-_STDLIB = {
-    "__future__",
-    "argparse",
-    "asyncio",
-    "base64",
-    "collections",
-    "errno",
-    "fnmatch",
-    "hashlib",
-    "json",
-    "logging",
-    "os",
-    "platform",
-    "posixpath",
-    "re",
-    "shutil",
-    "signal",
-    "stat",
-    "sys",
-    "threading",
-    "time",
-    "typing",
-    "uuid",
-}
+                assert module in sys.stdlib_module_names or module == "projectvm_agent", (
+                    f"{name}: {stripped}"
+                )

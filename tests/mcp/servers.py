@@ -35,7 +35,7 @@ def stdio_params(
             "--agent",
             agent,
         ],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        env={**os.environ},
     )
 
 

@@ -1,0 +1,86 @@
+"""``max_storage_gb``: how much of it a workspace uses, and keeping writes and commands under it.
+
+File writes through the API are checked exactly: a write that would take the workspace past
+the limit is refused before anything is written. Commands run with a per-file size limit equal
+to the space that is left (RLIMIT_FSIZE: a write past it fails with "File too large"), and the
+usage is measured again after each command. The measurement walks the workspace in the guest,
+so it is cached for a few seconds and adjusted by each write in between.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from guest_runtime.client import GuestClient
+from server.errors import LimitExceeded
+from server.models import Project
+
+if TYPE_CHECKING:
+    from server.service import ProjectService
+
+__all__ = ["StorageGuard", "limit_bytes"]
+
+USAGE_MAX_AGE_S = 5.0
+GIB = 1024**3
+
+
+def limit_bytes(project: Project) -> int:
+    return int(project.settings.max_storage_gb * GIB)
+
+
+@dataclass
+class _Usage:
+    used_bytes: int
+    measured_at: float
+    stale: bool = False  # a command ran since: only good enough for a command's budget
+
+
+class StorageGuard:
+    def __init__(self, service: ProjectService) -> None:
+        self.service = service
+        self._usage: dict[str, _Usage] = {}
+
+    async def used_bytes(self, project: Project, client: GuestClient, *, exact: bool) -> int:
+        """Bytes the workspace uses; ``exact`` re-measures after a command changed things."""
+        cached = self._usage.get(project.project_id)
+        fresh = cached is not None and time.monotonic() - cached.measured_at < USAGE_MAX_AGE_S
+        if cached is not None and fresh and not (exact and cached.stale):
+            return cached.used_bytes
+        measured = (await client.usage()).used_bytes
+        self._usage[project.project_id] = _Usage(measured, time.monotonic())
+        return measured
+
+    def forget(self, project_id: str) -> None:
+        """Something changed the workspace in ways we cannot count (a command ran)."""
+        cached = self._usage.get(project_id)
+        if cached is not None:
+            cached.stale = True
+
+    async def check_write(
+        self, project: Project, client: GuestClient, path: str, new_size: int, append: bool
+    ) -> None:
+        """Refuse a write that would take the workspace past ``max_storage_gb``."""
+        limit = limit_bytes(project)
+        used = await self.used_bytes(project, client, exact=True)
+        current = await client.stat(path)
+        before = 0
+        if current.exists and current.type == "file" and current.size is not None:
+            before = current.size
+        after = used + new_size if append else used - before + new_size
+        if after > limit:
+            raise LimitExceeded(
+                f"writing {path} ({new_size} bytes) would bring the workspace to {after} bytes, "
+                f"over its max_storage_gb of {project.settings.max_storage_gb:g} ({limit} bytes; "
+                f"{used} used now); delete files, or ask an admin to raise max_storage_gb"
+            )
+
+    def wrote(self, project_id: str, previous_size: int, new_size: int) -> None:
+        cached = self._usage.get(project_id)
+        if cached is not None:
+            cached.used_bytes += new_size - previous_size
+
+    async def room_for_command(self, project: Project, client: GuestClient) -> int:
+        """The largest file a command may write: the space left under the limit."""
+        return max(0, limit_bytes(project) - await self.used_bytes(project, client, exact=False))

@@ -1,0 +1,153 @@
+"""Who may do what: tokens, Host headers, other agents' projects, read-only members."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.auth import issue_token
+from server.config import ServerConfig
+from server.store import Store
+from tests.helpers import call, call_error
+from tests.mcp.servers import http_client, http_server, raw_http
+
+pytestmark = pytest.mark.anyio
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "0"},
+    },
+}
+JSON = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+# Arguments that would be valid for each mutating tool, were the caller allowed to use it.
+MUTATIONS: dict[str, dict[str, object]] = {
+    "write_file": {"path": "notes.md", "content": "changed"},
+    "edit_file": {"path": "notes.md", "edits": [{"old_text": "original", "new_text": "x"}]},
+    "delete_path": {"path": "notes.md"},
+    "move_path": {"source": "notes.md", "destination": "moved.md"},
+    "run_command": {"command": "echo changed > notes.md"},
+    "send_input": {"execution_id": "EXECUTION", "data": "x"},
+    "cancel_execution": {"execution_id": "EXECUTION"},
+    "lock_path": {"path": "notes.md"},
+    "unlock_path": {"path": "notes.md"},
+    "start_project": {},
+    "stop_project": {},
+    "delete_project": {},
+    "assign_agent": {"agent_id": "carol", "access_level": "admin"},
+    "remove_agent": {"agent_id": "alice"},
+    "update_project_settings": {"settings": {"auto_sleep_minutes": 1}},
+}
+NOT_PROJECT_MUTATIONS = {"create_project"}
+
+
+@pytest.fixture
+async def tokens(driver_config: ServerConfig) -> dict[str, str]:
+    driver_config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with await Store.open(driver_config.db_path) as store:
+        return {name: await issue_token(store, name) for name in ("alice", "bob", "carol")}
+
+
+@pytest.fixture
+async def url(driver_config: ServerConfig, tokens: dict[str, str]) -> AsyncIterator[str]:
+    async with http_server(driver_config) as found:
+        yield found
+
+
+async def test_http_needs_a_known_token_and_our_host_name(url: str, tokens: dict[str, str]) -> None:
+    good = {**JSON, "Authorization": f"Bearer {tokens['alice']}"}
+    async with raw_http() as http:
+        assert (await http.post(url, json=INITIALIZE, headers=JSON)).status_code == 401
+        wrong = {**JSON, "Authorization": "Bearer pvm_" + "x" * 43}
+        assert (await http.post(url, json=INITIALIZE, headers=wrong)).status_code == 401
+        empty = {**JSON, "Authorization": "Bearer"}
+        assert (await http.post(url, json=INITIALIZE, headers=empty)).status_code == 401
+        foreign = {**good, "Host": "attacker.example"}
+        assert (await http.post(url, json=INITIALIZE, headers=foreign)).status_code == 421
+        origin = {**good, "Origin": "http://attacker.example"}
+        assert (await http.post(url, json=INITIALIZE, headers=origin)).status_code == 403
+        assert (await http.post(url, json=INITIALIZE, headers=good)).status_code == 200
+
+
+async def test_another_agents_project_is_invisible_and_untouchable(
+    url: str, tokens: dict[str, str]
+) -> None:
+    async with http_client(url, tokens["alice"]) as alice, http_client(url, tokens["bob"]) as bob:
+        project_id = (await call(alice, "create_project", name="private"))["project_id"]
+        try:
+            await call(alice, "write_file", project_id=project_id, path="secret", content="s")
+            for tool, arguments in {**MUTATIONS, "read_file": {"path": "secret"}}.items():
+                if "execution_id" in arguments:
+                    continue
+                if tool == "delete_project":  # idempotent: "nothing to delete" for strangers
+                    gone = await call(bob, tool, project_id=project_id)
+                    assert gone["deleted"] is False
+                    continue
+                error = await call_error(bob, tool, project_id=project_id, **arguments)
+                assert "is visible to agent 'bob'" in error
+            still = await call(alice, "read_file", project_id=project_id, path="secret")
+            assert still["content"] == "s"
+        finally:
+            await call(alice, "delete_project", project_id=project_id)
+
+
+async def test_a_read_only_member_is_refused_every_mutating_tool(
+    url: str, tokens: dict[str, str]
+) -> None:
+    async with (
+        http_client(url, tokens["alice"]) as alice,
+        http_client(url, tokens["carol"]) as carol,
+    ):
+        listed = (await carol.list_tools()).tools
+        mutating = {
+            tool.name
+            for tool in listed
+            if tool.annotations is not None and tool.annotations.read_only_hint is False
+        } - NOT_PROJECT_MUTATIONS
+        assert mutating == set(MUTATIONS), "a new mutating tool needs a case here"
+        project_id = (await call(alice, "create_project", name="shared"))["project_id"]
+        try:
+            await call(
+                alice,
+                "assign_agent",
+                project_id=project_id,
+                agent_id="carol",
+                access_level="read_only",
+            )
+            await call(
+                alice, "write_file", project_id=project_id, path="notes.md", content="original"
+            )
+            running = await call(
+                alice,
+                "run_command",
+                project_id=project_id,
+                command="sleep 60",
+                wait_s=0,
+                keep_stdin_open=True,
+            )
+            for tool, arguments in MUTATIONS.items():
+                if tool == "remove_agent":
+                    arguments = {"agent_id": "alice"}
+                resolved = {
+                    key: running["execution_id"] if value == "EXECUTION" else value
+                    for key, value in arguments.items()
+                }
+                scope = {} if "execution_id" in resolved else {"project_id": project_id}
+                error = await call_error(carol, tool, **scope, **resolved)
+                assert "has read_only access" in error, f"{tool}: {error}"
+            after = await call(carol, "read_file", project_id=project_id, path="notes.md")
+            assert after["content"] == "original"
+            members = await call(carol, "list_members", project_id=project_id)
+            assert {m["agent_id"]: m["access_level"] for m in members["members"]} == {
+                "alice": "admin",
+                "carol": "read_only",
+            }
+            await call(alice, "cancel_execution", execution_id=running["execution_id"])
+        finally:
+            await call(alice, "delete_project", project_id=project_id)
