@@ -46,6 +46,8 @@ __all__ = ["ExecEvent", "ExecHandle", "GuestClient"]
 
 # A 64 MiB file read travels as ~86 MiB of base64 in one line.
 DEFAULT_MAX_LINE_BYTES = 96 * 1024 * 1024
+# No single request should take the guest longer (searching or measuring a huge workspace).
+DEFAULT_CALL_TIMEOUT_S = 300.0
 
 ExecEvent = ExecOutput | ExecExit
 
@@ -189,6 +191,18 @@ class GuestClient:
         self._execs.clear()
 
     def _dispatch(self, line: bytes) -> None:
+        """Route one message. Anything malformed closes this channel, and only this channel:
+        what comes from a VM is untrusted."""
+        try:
+            self._route(line)
+        except GuestProtocolError:
+            raise
+        except Exception as err:
+            raise GuestProtocolError(
+                f"the guest sent a malformed message ({type(err).__name__}: {err}): {line[:80]!r}"
+            ) from err
+
+    def _route(self, line: bytes) -> None:
         try:
             message = json.loads(line)
         except ValueError:
@@ -198,7 +212,10 @@ class GuestClient:
         if not isinstance(message, dict):
             raise GuestProtocolError(f"the guest sent a non-object message: {line[:80]!r}")
         if "method" in message:
-            self._on_notification(str(message["method"]), message.get("params") or {})
+            params = message.get("params")
+            if not isinstance(params, dict):
+                raise GuestProtocolError(f"notification params are not an object: {params!r}")
+            self._on_notification(str(message["method"]), params)
             return
         request_id = message.get("id")
         pending = self._pending.get(request_id) if isinstance(request_id, int) else None
@@ -222,9 +239,17 @@ class GuestClient:
             handle._deliver(ExecExit.model_validate(params))
 
     async def call(
-        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = DEFAULT_CALL_TIMEOUT_S,
     ) -> dict[str, Any]:
-        """Send one request and wait for its answer; guest errors raise :class:`GuestError`."""
+        """Send one request and wait for its answer; guest errors raise :class:`GuestError`.
+
+        A call the guest does not answer within ``timeout`` seconds fails with
+        :class:`GuestUnreachable` (the VM is overloaded or stuck), so no caller waits forever.
+        """
         if self._closed.is_set():
             raise GuestUnreachable(self._close_reason)
         request_id = next(self._ids)
@@ -239,8 +264,14 @@ class GuestClient:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as err:
                     self._shutdown(f"the channel to the guest agent broke ({err})")
                     raise GuestUnreachable(self._close_reason) from err
-            with anyio.fail_after(timeout) if timeout is not None else nullcontext():
-                await pending.done.wait()
+            try:
+                with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+                    await pending.done.wait()
+            except TimeoutError:
+                raise GuestUnreachable(
+                    f"the guest agent did not answer {method} within {timeout:g}s; the VM may be "
+                    "overloaded or stuck (stop_project and start_project restart it)"
+                ) from None
         finally:
             self._pending.pop(request_id, None)
         if pending.error is not None:
@@ -250,7 +281,10 @@ class GuestClient:
     # -- typed calls --------------------------------------------------------------------------
 
     async def hello(self) -> GuestInfo:
-        info = GuestInfo.model_validate(await self.call("hello", timeout=30))
+        try:
+            info = GuestInfo.model_validate(await self.call("hello", timeout=60))
+        except ValueError as err:
+            raise GuestProtocolError(f"the guest's hello is malformed: {err}") from err
         if info.protocol_version != PROTOCOL_VERSION:
             raise GuestProtocolError(
                 f"the guest agent speaks protocol {info.protocol_version}, the host "
@@ -370,10 +404,14 @@ class GuestClient:
         result = await self.call("fs.mkdir", {"path": path, "parents": parents})
         return bool(result.get("created"))
 
-    async def move(self, source: str, destination: str, *, overwrite: bool = False) -> None:
-        await self.call(
+    async def move(
+        self, source: str, destination: str, *, overwrite: bool = False
+    ) -> tuple[str, str]:
+        """Move within the workspace; returns the (source, destination) as resolved."""
+        result = await self.call(
             "fs.move", {"source": source, "destination": destination, "overwrite": overwrite}
         )
+        return str(result.get("source", source)), str(result.get("destination", destination))
 
     async def remove(
         self,
@@ -382,11 +420,13 @@ class GuestClient:
         recursive: bool = False,
         missing_ok: bool = False,
         if_match: str | None = None,
-    ) -> bool:
+    ) -> tuple[bool, str]:
+        """Remove a path; returns whether something was removed, and the path as resolved."""
         params: dict[str, Any] = {"path": path, "recursive": recursive, "missing_ok": missing_ok}
         if if_match is not None:
             params["if_match"] = if_match
-        return bool((await self.call("fs.remove", params)).get("removed"))
+        result = await self.call("fs.remove", params)
+        return bool(result.get("removed")), str(result.get("path", path))
 
     async def search(
         self,
@@ -418,12 +458,12 @@ class GuestClient:
     async def shutdown(self) -> None:
         try:
             await self.call("system.shutdown", timeout=5)
-        except (GuestUnreachable, TimeoutError):
+        except GuestUnreachable:
             pass
 
     async def ping(self, timeout: float = 5) -> bool:
         try:
             await self.call("hello", timeout=timeout)
-        except (GuestUnreachable, GuestError, TimeoutError):
+        except (GuestUnreachable, GuestError):
             return False
         return True

@@ -79,6 +79,7 @@ def build_server(
         async with open_service(config) as service:
             if agent is not None:
                 await service.ensure_agent(agent)
+                await service.store.touch_agent(agent)
             service.events.add_publisher(publish)
             handle.state = AppState(service=service, transport=transport, default_agent=agent)
             try:

@@ -7,17 +7,18 @@ one died (the VM restarted, the container was re-created), a fresh one is opened
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
 from guest_runtime.client import GuestClient
-from guest_runtime.errors import GuestUnreachable
 from vm_drivers.base import VMDriver
 
 __all__ = ["ChannelPool"]
 
-HELLO_TIMEOUT_S = 60.0
+log = logging.getLogger("projectvm.channels")
 
 
 class ChannelPool:
@@ -38,14 +39,7 @@ class ChannelPool:
             stream = await driver.open_channel(vm_id)
             client: GuestClient = await self._task_group.start(self._hold, stream)
             try:
-                with anyio.fail_after(HELLO_TIMEOUT_S):
-                    await client.hello()
-            except TimeoutError:
-                await client.aclose()
-                raise GuestUnreachable(
-                    f"the guest agent in VM {vm_id} did not answer within {HELLO_TIMEOUT_S:.0f}s; "
-                    "stop and start the project"
-                ) from None
+                await client.hello()
             except BaseException:
                 await client.aclose()
                 raise
@@ -54,9 +48,13 @@ class ChannelPool:
 
     @staticmethod
     async def _hold(stream: anyio.abc.ByteStream, *, task_status: TaskStatus[GuestClient]) -> None:
-        async with GuestClient(stream) as client:
-            task_status.started(client)
-            await client.wait_closed()
+        # Whatever ends this channel ends only this channel: never the pool's task group.
+        try:
+            async with GuestClient(stream) as client:
+                task_status.started(client)
+                await client.wait_closed()
+        except Exception:
+            log.exception("a guest channel ended with an error")
 
     def current(self, key: str) -> GuestClient | None:
         client = self._clients.get(key)

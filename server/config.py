@@ -44,6 +44,16 @@ class Limits(BaseModel):
     )
     default_timeout_s: float = Field(default=600, gt=0, description="run_command default timeout")
     max_timeout_s: float = Field(default=24 * 3600, gt=0, description="largest timeout_s allowed")
+    max_project_cpus: float | None = Field(
+        default_factory=lambda: float(os.cpu_count() or 1),
+        description="the most CPUs a project may ask for (default: this host's)",
+    )
+    max_project_memory_mb: int | None = Field(
+        default=None, description="the most memory a project may ask for; null = no cap"
+    )
+    max_project_storage_gb: float | None = Field(
+        default=None, description="the largest max_storage_gb a project may set; null = no cap"
+    )
 
 
 class ServerConfig(BaseModel):

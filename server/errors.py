@@ -13,7 +13,8 @@
         ├── Conflict                                   the state changed under you
         ├── ProjectNotRunning                          the VM is stopped, failed or busy
         ├── LimitExceeded                              size, storage or rate limit
-        └── Unauthenticated         (PermissionError)  no or unknown identity
+        ├── Unauthenticated         (PermissionError)  no or unknown identity
+        └── StoreBusy               (TimeoutError)     another process holds the database
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "NotFound",
     "ProjectNotRunning",
     "ServiceError",
+    "StoreBusy",
     "Unauthenticated",
 ]
 
@@ -68,4 +70,8 @@ class LimitExceeded(ServiceError):
 
 
 class Unauthenticated(ServiceError, PermissionError):
+    pass
+
+
+class StoreBusy(ServiceError, TimeoutError):
     pass

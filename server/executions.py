@@ -8,7 +8,9 @@ updated when it starts and when it ends, however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -29,10 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Executions"]
 
+log = logging.getLogger("projectvm.executions")
+
 # How long past its own timeout a command may go unreported before the host gives up on it.
 GUEST_REPORT_GRACE_S = 30.0
 PROGRESS_EVERY_S = 1.0
 MAX_WAIT_S = 300.0
+ABORT_WAIT_S = 30.0
 HANDLE_WAIT_S = 30.0
 
 
@@ -90,22 +95,33 @@ class Executions:
         check_command_policy(project, text)
         project = await self.service.lifecycle.ensure_awake(project)
         runtime = self.service.runtime(project)
+        now = utcnow()
+        execution_id = self.service.new_id("exe")
+        ticket = Ticket(execution_id, agent_id)
+        runtime.queue.submit(ticket)
+        # Granted at once (the usual case): queued and started are recorded in one commit.
+        started = ticket.granted.is_set()
         execution = Execution(
-            execution_id=self.service.new_id("exe"),
+            execution_id=execution_id,
             project_id=project_id,
             agent_id=agent_id,
             command=text,
             cwd=cwd,
-            status=ExecutionStatus.QUEUED,
-            queued_at=utcnow(),
+            status=ExecutionStatus.RUNNING if started else ExecutionStatus.QUEUED,
+            queued_at=now,
+            started_at=now if started else None,
+            queued_ms=0 if started else None,
         )
-        await self.service.store.insert_execution(execution, this_server_id())
+        try:
+            await self.service.store.insert_execution(execution, this_server_id())
+        except BaseException:
+            runtime.queue.withdraw(ticket)
+            runtime.queue.release(ticket)
+            raise
         live = LiveExecution(execution)
         live.keep_stdin_open = keep_stdin_open
-        runtime.live[execution.execution_id] = live
-        ticket = Ticket(execution.execution_id, agent_id)
         live.ticket = ticket
-        runtime.queue.submit(ticket)
+        runtime.live[execution_id] = live
         self.service.task_group.start_soon(
             self._run, project, live, command, cwd, env, timeout, stdin
         )
@@ -121,8 +137,12 @@ class Executions:
         timeout: float,
         stdin: str | None,
     ) -> None:
-        """Wait for a slot, run, record; whatever happens, the row ends in a final state."""
-        runtime = self.service.runtime(project)
+        """Wait for a slot, run, record; whatever happens, the row ends in a final state.
+
+        This runs in the service's task group: nothing may escape it, or every project's
+        work would be cancelled with it.
+        """
+        runtime = self.service.runtime_of(project.project_id)
         assert live.ticket is not None
         try:
             with live.wait_scope:
@@ -131,6 +151,10 @@ class Executions:
                 await self._execute(project, live, command, cwd, env, timeout, stdin)
             else:
                 await self._finish(live, live.abort_status, live.abort_reason or "cancelled")
+        except Exception as err:
+            log.exception("execution %s failed inside the server", live.execution.execution_id)
+            if not live.finished.is_set():
+                await self._finish(live, ExecutionStatus.FAILED, f"internal error: {err}")
         finally:
             runtime.queue.release(live.ticket)
             runtime.live.pop(live.execution.execution_id, None)
@@ -151,16 +175,19 @@ class Executions:
         timeout: float,
         stdin: str | None,
     ) -> None:
-        started = utcnow()
-        await self.service.store.mark_execution_started(live.execution.execution_id, started)
-        queued_at = live.execution.queued_at or started
-        live.mark_started(started, int((started - queued_at).total_seconds() * 1000))
         status = ExecutionStatus.FAILED
         reason: str | None = None
         storage = self.service.storage
         try:
+            if live.execution.status == ExecutionStatus.QUEUED:
+                started = utcnow()
+                await self.service.store.mark_execution_started(
+                    live.execution.execution_id, started
+                )
+                queued_at = live.execution.queued_at or started
+                live.mark_started(started, int((started - queued_at).total_seconds() * 1000))
             client = await self.service.lifecycle.client(project)
-            room = await storage.room_for_command(project, client)
+            file_limit = await storage.file_size_limit(project, client)
             live.handle = await client.start_exec(
                 command,
                 cwd=cwd,
@@ -170,12 +197,13 @@ class Executions:
                 timeout_s=timeout,
                 output_limit=self.service.limits.output_limit_bytes,
                 tail_limit=self.service.limits.output_tail_bytes,
-                fsize_limit=room,
+                fsize_limit=file_limit,
                 exec_id=live.execution.execution_id,
             )
             live.notify()
             if live.abort_reason is not None:  # cancelled while it was being started
-                await live.handle.signal("KILL")
+                with contextlib.suppress(GuestError, GuestUnreachable):
+                    await live.handle.signal("KILL")
             with anyio.move_on_after(timeout + GUEST_REPORT_GRACE_S) as scope:
                 async for event in live.handle.events():
                     live.add(event)
@@ -183,14 +211,17 @@ class Executions:
                 reason = "the VM did not report the command's end; it may be overloaded"
             elif live.exit is not None:
                 status, reason = self._exit_status(project, live)
-                if reason is None and live.exit.exit_code and "File too large" in live.stderr():
+                storage.forget(project.project_id)
+                over = await storage.over_limit_after_command(project, client)
+                if over is not None:
+                    status, reason = ExecutionStatus.FAILED, over
+                elif reason is None and live.exit.exit_code and "File too large" in live.stderr():
                     reason = (
-                        f"files could grow by at most {room} bytes: the workspace is limited by "
-                        f"max_storage_gb ({project.settings.max_storage_gb:g}); free space or "
-                        "ask an admin to raise it"
+                        f"no file may grow past max_storage_gb ({file_limit} bytes now): "
+                        "free space in the workspace, or ask an admin to raise max_storage_gb"
                     )
         except GuestUnreachable as err:
-            stopping = self.service.runtime(project).stopping
+            stopping = self.service.runtime_of(project.project_id).stopping
             status = ExecutionStatus.KILLED if stopping else ExecutionStatus.FAILED
             reason = stopping or f"the VM went away while the command ran: {err}"
         except GuestError as err:
@@ -209,7 +240,7 @@ class Executions:
         if live.exit.timed_out:
             return ExecutionStatus.TIMED_OUT, "killed after timeout_s; raise timeout_s if needed"
         if live.exit.killed:
-            stopping = self.service.runtime(project).stopping
+            stopping = self.service.runtime_of(project.project_id).stopping
             if stopping:
                 return ExecutionStatus.KILLED, stopping
             if live.abort_reason:
@@ -238,8 +269,12 @@ class Executions:
                 else (int((completed - started).total_seconds() * 1000) if started else None),
             }
         )
-        with anyio.CancelScope(shield=True):
-            await self.service.store.finish_execution(finished)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.service.store.finish_execution(finished)
+        except Exception:
+            # The database is failing; waiters must still learn the end. Logged loudly.
+            log.exception("could not record the end of %s", finished.execution_id)
         live.finish(finished)
 
     # -- waiting and following ----------------------------------------------------------------
@@ -277,7 +312,7 @@ class Executions:
             with anyio.move_on_after(wait_s if wait_s is not None else float("inf")):
                 await self._follow(live)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_WAIT_S):
                 await self._abort(
                     live, ExecutionStatus.CANCELLED, "the caller cancelled the request"
                 )
@@ -414,8 +449,13 @@ class Executions:
                 return self.result(live)
             raise Conflict(f"execution {execution_id} already finished ({execution.status})")
         await self._abort(live, ExecutionStatus.CANCELLED, f"cancelled by {agent_id}")
-        with anyio.fail_after(30):
+        with anyio.move_on_after(ABORT_WAIT_S):
             await live.finished.wait()
+        if not live.finished.is_set():
+            raise GuestUnreachable(
+                f"execution {execution_id} was told to stop but has not ended within "
+                f"{ABORT_WAIT_S:g}s; the VM may be stuck (stop_project ends everything in it)"
+            )
         return self.result(live)
 
     async def _abort(self, live: LiveExecution, status: ExecutionStatus, reason: str) -> None:
@@ -428,10 +468,11 @@ class Executions:
             live.wait_scope.cancel()
             return
         if live.handle is not None:
-            try:
-                await live.handle.signal("KILL")
-            except (GuestError, GuestUnreachable):
-                pass  # it ended meanwhile, or the VM is gone: either way it is not running
+            with anyio.move_on_after(ABORT_WAIT_S):
+                try:
+                    await live.handle.signal("KILL")
+                except (GuestError, GuestUnreachable):
+                    pass  # it ended meanwhile, or the VM is gone: either way it is not running
 
     async def abort_all(self, project_id: str, status: ExecutionStatus, reason: str) -> None:
         """Withdraw every queued execution of a project (a stop or delete is under way)."""

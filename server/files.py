@@ -344,14 +344,16 @@ class FileOps:
         async with self.service.runtime_of(project_id).mutation:
             await self.service.locks.check_write(agent_id, project_id, path)
             try:
-                removed = await client.remove(path, recursive=recursive, if_match=if_match)
+                removed, resolved = await client.remove(
+                    path, recursive=recursive, if_match=if_match
+                )
             except WriteConflict as err:
                 raise await self._conflict(project_id, err) from err
             self.service.storage.forget(project_id)
             await self.service.store.append_event(
-                project_id, agent_id, "file.deleted", {"path": path}
+                project_id, agent_id, "file.deleted", {"path": resolved}
             )
-        return PathRemoval(project_id=project_id, path=path, removed=removed)
+        return PathRemoval(project_id=project_id, path=resolved, removed=removed)
 
     async def move(
         self,
@@ -365,8 +367,8 @@ class FileOps:
         _, client = await self._open(agent_id, project_id, AccessLevel.READ_WRITE)
         async with self.service.runtime_of(project_id).mutation:
             await self.service.locks.check_write(agent_id, project_id, source, destination)
-            await client.move(source, destination, overwrite=overwrite)
+            moved_from, moved_to = await client.move(source, destination, overwrite=overwrite)
             await self.service.store.append_event(
-                project_id, agent_id, "file.moved", {"path": destination, "source": source}
+                project_id, agent_id, "file.moved", {"path": moved_to, "source": moved_from}
             )
-        return MoveResult(project_id=project_id, source=source, destination=destination)
+        return MoveResult(project_id=project_id, source=moved_from, destination=moved_to)

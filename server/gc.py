@@ -27,11 +27,9 @@ class GcReport(BaseModel):
 
 async def collect_garbage(store: Store, drivers: DriverSet, *, remove: bool) -> GcReport:
     """Find (and with ``remove``, destroy) VMs of this installation that no project owns."""
-    owned = {
-        (project.driver, project.vm_id)
-        for project in await store.list_projects()
-        if project.vm_id is not None
-    }
+    # A VM counts as owned when its project exists, even before the project records its
+    # vm_id (a creation in progress must never be collected under it).
+    projects = {project.project_id: project.driver for project in await store.list_projects()}
     ours = drivers.context.instance_id
     report = GcReport(strays=[], foreign=[], removed=[], skipped_drivers={})
     for name in available_driver_names():
@@ -43,7 +41,7 @@ async def collect_garbage(store: Store, drivers: DriverSet, *, remove: bool) -> 
         for vm in found:
             if vm.labels.get(LABEL_INSTANCE) != ours:
                 report.foreign.append(vm)
-            elif (name, vm.vm_id) not in owned:
+            elif projects.get(vm.project_id or "") != name:
                 report.strays.append(vm)
     if remove:
         for vm in report.strays:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = ["BearerAuth", "build_http_app", "serve_http"]
 log = logging.getLogger("projectvm.http")
 
 MCP_PATH = "/mcp"
+SEEN_EVERY_S = 60.0
 
 
 def _security(host: str, port: int, extra_hosts: list[str]) -> TransportSecuritySettings:
@@ -95,10 +97,20 @@ def build_http_app(
         max_request_body_size=largest_file * 4 // 3 + 1024 * 1024,
     )
 
+    last_seen: dict[str, float] = {}
+
     async def resolve(token: str) -> str | None:
         if handle.state is None or not token:
             return None
-        return await resolve_token(handle.state.service.store, token)
+        store = handle.state.service.store
+        agent = await resolve_token(store, token)
+        if (
+            agent is not None
+            and time.monotonic() - last_seen.get(agent, -SEEN_EVERY_S) >= SEEN_EVERY_S
+        ):
+            last_seen[agent] = time.monotonic()
+            await store.touch_agent(agent)  # "last seen", at most once a minute per agent
+        return agent
 
     return BearerAuth(mcp_app, resolve)
 

@@ -26,12 +26,13 @@ from vm_drivers.base import VMCreationResult, VMDriver, VMInfo, VMSpec
 from vm_drivers.errors import DriverConfigError, DriverError, VMNotFound
 
 if TYPE_CHECKING:
-    from server.service import ProjectService
+    from server.service import ProjectService, Runtime
 
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("projectvm.lifecycle")
 
+ACTIVITY_SAVE_EVERY_S = 30.0
 BOOT_ATTEMPTS = 3
 BOOT_BACKOFF_S = 0.5
 SLEEP_CHECK_MAX_S = 30.0
@@ -108,7 +109,7 @@ class Lifecycle:
                 "is marked failed, call start_project to try again"
             ) from err
         await self.set_status(project, agent_id, VMStatus.RUNNING)
-        self.touch(project.project_id)
+        await self.touch(project.project_id)
         refreshed = await self.service.store.get_project(project.project_id)
         if refreshed is None:
             raise NotFound(f"project {project.project_id} was deleted meanwhile")
@@ -203,8 +204,8 @@ class Lifecycle:
                 await self._halt(
                     project, f"the project was deleted by {agent_id} while the command ran"
                 )
-                if project.vm_id is not None:
-                    await self.driver(project).destroy_project_vm(project.vm_id)
+                for vm_id in await self._vms_of(project):
+                    await self.driver(project).destroy_project_vm(vm_id)
             except DriverError as err:
                 await self.set_status(project, agent_id, VMStatus.FAILED, f"delete failed: {err}")
                 raise DriverError(
@@ -215,33 +216,58 @@ class Lifecycle:
         self.service.runtimes.pop(project_id, None)
         return DeleteResult(project_id=project_id, deleted=True, message="project and VM deleted")
 
+    async def _vms_of(self, project: Project) -> list[str]:
+        """The project's VM, and any its driver holds under its label (an interrupted
+        creation leaves a VM whose id the store never learned)."""
+        found = [project.vm_id] if project.vm_id else []
+        if project.vm_id is None or project.vm_status == VMStatus.FAILED:
+            for vm in await self.driver(project).list_vms():
+                if vm.project_id == project.project_id and vm.vm_id not in found:
+                    found.append(vm.vm_id)
+        return found
+
     # -- the channel, waking and recovery -----------------------------------------------------
 
     async def ensure_awake(self, project: Project) -> Project:
-        """The project with its VM running: a stopped (or sleeping) one is started first."""
-        if project.vm_status == VMStatus.RUNNING and project.vm_id is not None:
+        """The project with its VM running: a stopped (or sleeping) one is started first.
+
+        A stop or sleep under way is waited for (it holds the lifecycle lock), so a call never
+        reaches a VM that is being stopped.
+        """
+        runtime = self.service.runtime_of(project.project_id)
+        if (
+            project.vm_status == VMStatus.RUNNING
+            and project.vm_id is not None
+            and runtime.stopping is None
+        ):
             return project
-        if project.vm_status != VMStatus.STOPPED:
-            reason = f" ({project.vm_status_reason})" if project.vm_status_reason else ""
-            raise ProjectNotRunning(
-                f"project {project.project_id} is {project.vm_status}{reason}; call "
-                "start_project to start it, or delete_project"
-            )
-        async with self.service.runtime_of(project.project_id).lifecycle:
+        if project.vm_status not in (VMStatus.STOPPED, VMStatus.RUNNING):
+            raise self._not_running(project)
+        async with runtime.lifecycle:
             current = await self.service.store.get_project(project.project_id)
             if current is None:
                 raise NotFound(f"project {project.project_id} was deleted meanwhile")
-            if current.vm_status == VMStatus.RUNNING:
-                return current
-            if current.vm_status != VMStatus.STOPPED:
-                raise ProjectNotRunning(
-                    f"project {project.project_id} is {current.vm_status}; call start_project"
-                )
-            await progress.report(f"waking project {project.project_id}: starting its VM")
-            woken = await self.boot(current, None)
-            await self.service.store.append_event(
-                project.project_id, None, "vm.woken", {"was": current.vm_status_reason}
-            )
+            return await self._wake(current)
+
+    @staticmethod
+    def _not_running(project: Project) -> ProjectNotRunning:
+        reason = f" ({project.vm_status_reason})" if project.vm_status_reason else ""
+        return ProjectNotRunning(
+            f"project {project.project_id} is {project.vm_status}{reason}; call "
+            "start_project to start it, or delete_project"
+        )
+
+    async def _wake(self, project: Project) -> Project:
+        """Under the lifecycle lock: start a stopped project's VM (report it), else pass."""
+        if project.vm_status == VMStatus.RUNNING and project.vm_id is not None:
+            return project
+        if project.vm_status != VMStatus.STOPPED:
+            raise self._not_running(project)
+        await progress.report(f"waking project {project.project_id}: starting its VM")
+        woken = await self.boot(project, None)
+        await self.service.store.append_event(
+            project.project_id, None, "vm.woken", {"was": project.vm_status_reason}
+        )
         self._sleep_recheck.set()
         return woken
 
@@ -272,11 +298,10 @@ class Lifecycle:
         """Start again the VM of a project recorded as running whose VM is not."""
         async with self.service.runtime_of(project.project_id).lifecycle:
             current = await self.service.store.get_project(project.project_id)
-            if current is None or current.vm_status != VMStatus.RUNNING or current.vm_id is None:
-                raise ProjectNotRunning(
-                    f"project {project.project_id} was stopped or deleted meanwhile; call "
-                    "start_project to start it"
-                )
+            if current is None:
+                raise NotFound(f"project {project.project_id} was deleted meanwhile")
+            if current.vm_status != VMStatus.RUNNING or current.vm_id is None:
+                return await self._wake(current)  # stopped or put to sleep meanwhile
             try:
                 status = await self.driver(current).get_vm_status(current.vm_id)
             except VMNotFound:
@@ -291,16 +316,34 @@ class Lifecycle:
 
     # -- idle projects go to sleep ------------------------------------------------------------
 
-    def touch(self, project_id: str) -> None:
-        self.service.runtime_of(project_id).last_activity = time.monotonic()
+    async def touch(self, project_id: str) -> None:
+        """Note activity; persisted (at most every half minute) for other server processes."""
+        runtime = self.service.runtime_of(project_id)
+        now = time.monotonic()
+        runtime.last_activity = now
+        if now - runtime.activity_saved_at >= ACTIVITY_SAVE_EVERY_S:
+            runtime.activity_saved_at = now
+            await self.service.store.touch_project(project_id)
 
     async def run_sleeper(self) -> None:
         """Stop running projects idle longer than their auto_sleep_minutes, until cancelled."""
         while True:
-            wait = await self._sleep_idle_projects()
+            try:
+                wait = await self._sleep_idle_projects()
+            except Exception:  # never let a bad round end the sleeper (or the service)
+                log.exception("checking for idle projects failed; trying again later")
+                wait = SLEEP_CHECK_MAX_S
             with anyio.move_on_after(wait):
                 await self._sleep_recheck.wait()
             self._sleep_recheck = anyio.Event()
+
+    @staticmethod
+    def _last_activity(project: Project, runtime: Runtime, now: float) -> float:
+        """The latest activity seen by this process or, through the store, by any other."""
+        if project.last_activity_at is None:
+            return runtime.last_activity
+        ago = (utcnow() - project.last_activity_at).total_seconds()
+        return max(runtime.last_activity, now - ago)
 
     def recheck_sleep(self) -> None:
         """Settings changed or a project started: recompute when the next one is due."""
@@ -317,7 +360,7 @@ class Lifecycle:
             runtime = self.service.runtime_of(project.project_id)
             if runtime.live:
                 runtime.last_activity = now  # a running command is activity
-            idle_for = now - runtime.last_activity
+            idle_for = now - self._last_activity(project, runtime, now)
             due_in = minutes * 60 - idle_for
             if due_in > 0:
                 next_due = min(next_due, due_in)
@@ -332,7 +375,8 @@ class Lifecycle:
         runtime = self.service.runtime_of(project.project_id)
         async with runtime.lifecycle:
             current = await self.service.store.get_project(project.project_id)
-            idle_for = time.monotonic() - runtime.last_activity
+            now = time.monotonic()
+            idle_for = now - (self._last_activity(current, runtime, now) if current else now)
             if (
                 current is None
                 or current.vm_status != VMStatus.RUNNING

@@ -84,6 +84,7 @@ class ProjectInfo(BaseModel):
     usage: ResourceUsage | None = Field(
         default=None, description="CPU, memory and workspace disk use (get_project only)"
     )
+    notes: list[str] | None = Field(default=None, description="what the caller should know")
 
     @classmethod
     def of(cls, project: Project, access: AccessLevel | None = None) -> ProjectInfo:

@@ -70,6 +70,8 @@ ALWAYS_ALLOWED_TOOLS = frozenset(
     }
 )
 KEEP_FINISHED_LIVE = 64
+# Settings the VM is made with: changing them takes a restart of the VM.
+VM_LEVEL_SETTINGS = frozenset({"network", "cpus", "memory_mb", "pids_limit"})
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Runtime:
     queue: ExecutionQueue
     # When the project was last used (monotonic seconds); idle projects go to sleep.
     last_activity: float = field(default_factory=time.monotonic)
+    activity_saved_at: float = 0.0
     # Serialises start/stop/delete/recovery.
     lifecycle: anyio.Lock = field(default_factory=anyio.Lock)
     # Serialises file changes, so a conflict always sees the event of the write that won.
@@ -215,7 +218,7 @@ class ProjectService:
                 f"{', '.join(allowed)}); an admin can change allowed_tools with "
                 "update_project_settings"
             )
-        self.lifecycle.touch(project_id)
+        await self.lifecycle.touch(project_id)
         return project, level
 
     # -- projects -----------------------------------------------------------------------------
@@ -239,6 +242,7 @@ class ProjectService:
                 f"{', '.join(t.value for t in ProjectType)}"
             ) from None
         project_settings = self._parse_settings(settings or {})
+        self._check_caps(project_settings)
         await self.ensure_agent(agent_id)
         now = utcnow()
         project = Project(
@@ -257,28 +261,53 @@ class ProjectService:
             settings=project_settings,
         )
         await self.store.insert_project(project)
-        try:
-            created = await self.lifecycle.create_vm(project)
-        except DriverError as err:
-            await self.lifecycle.set_status(
-                project, agent_id, VMStatus.FAILED, f"creation failed: {err}"
+        # Under the lifecycle lock: a start or delete of the new project waits for its VM.
+        async with self.runtime_of(project.project_id).lifecycle:
+            try:
+                created = await self.lifecycle.create_vm(project)
+            except DriverError as err:
+                await self.lifecycle.set_status(
+                    project, agent_id, VMStatus.FAILED, f"creation failed: {err}"
+                )
+                raise DriverError(
+                    f"project {project.project_id} was recorded but its VM could not be "
+                    f"created: {err}. Retry with start_project, or remove it with delete_project"
+                ) from err
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.lifecycle.set_status(
+                        project,
+                        agent_id,
+                        VMStatus.FAILED,
+                        "creation was interrupted; call start_project to retry, or delete_project",
+                    )
+                raise
+            await self.store.update_project(
+                project.project_id,
+                vm_id=created.vm_id,
+                vm_status=created.status,
+                vm_status_reason=None,
+                vm_url=created.vm_url,
+                workspace_path=created.workspace_path,
+                event=(agent_id, "vm.status", {"status": created.status, "vm_id": created.vm_id}),
             )
-            raise DriverError(
-                f"project {project.project_id} was recorded but its VM could not be created: "
-                f"{err}. Retry with start_project, or remove it with delete_project"
-            ) from err
-        await self.store.update_project(
-            project.project_id,
-            vm_id=created.vm_id,
-            vm_status=created.status,
-            vm_status_reason=None,
-            vm_url=created.vm_url,
-            workspace_path=created.workspace_path,
-            event=(agent_id, "vm.status", {"status": created.status, "vm_id": created.vm_id}),
-        )
-        self.lifecycle.touch(project.project_id)
+        await self.lifecycle.touch(project.project_id)
         self.lifecycle.recheck_sleep()
         return await self.get_project(agent_id, project.project_id)
+
+    def _check_caps(self, settings: ProjectSettings) -> None:
+        """What this server allows any project, whatever its admin asks for."""
+        limits = self.limits
+        for name, value, cap in (
+            ("cpus", settings.cpus, limits.max_project_cpus),
+            ("memory_mb", settings.memory_mb, limits.max_project_memory_mb),
+            ("max_storage_gb", settings.max_storage_gb, limits.max_project_storage_gb),
+        ):
+            if value is not None and cap is not None and value > cap:
+                raise InvalidInput(
+                    f"{name}={value:g} is more than this server allows a project ({cap:g}); "
+                    "ask the operator, or choose a smaller value"
+                )
 
     @staticmethod
     def _parse_settings(values: Mapping[str, Any]) -> ProjectSettings:
@@ -390,6 +419,7 @@ class ProjectService:
             raise InvalidInput("settings is empty; give the settings to change")
         before = project.settings.model_dump()
         after = self._parse_settings({**before, **changes})
+        self._check_caps(after)
         changed = {
             key: {"from": before[key], "to": value}
             for key, value in after.model_dump().items()
@@ -402,7 +432,14 @@ class ProjectService:
         )
         self.runtime_of(project_id).queue.set_limit(after.max_concurrent_executions)
         self.lifecycle.recheck_sleep()
-        return await self.get_project(agent_id, project_id)
+        info = await self.get_project(agent_id, project_id)
+        later = sorted(set(changed) & VM_LEVEL_SETTINGS)
+        if later and project.vm_status == VMStatus.RUNNING:
+            info.notes = [
+                f"{', '.join(later)} apply when the VM next starts: stop_project, then "
+                "start_project (commands running now are killed by the stop)"
+            ]
+        return info
 
     # -- events -------------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """``max_storage_gb``: how much of it a workspace uses, and keeping writes and commands under it.
 
-File writes through the API are checked exactly: a write that would take the workspace past
-the limit is refused before anything is written. Commands run with a per-file size limit equal
-to the space that is left (RLIMIT_FSIZE: a write past it fails with "File too large"), and the
-usage is measured again after each command. The measurement walks the workspace in the guest,
-so it is cached for a few seconds and adjusted by each write in between.
+File writes through the API are checked before anything is written, against the measured usage
+(allocated blocks) adjusted by the sizes written since. Commands cannot grow any one file past
+the whole limit (RLIMIT_FSIZE: a write past it fails with "File too large"), and none may write
+at all while the workspace is over its limit (only deleting works then). Near the limit the
+usage is measured again right after each command, and a command that took the workspace over
+it is reported as failed; far from it, measuring is left to the next write. The measurement
+walks the workspace in the guest, so it is cached for a few seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["StorageGuard", "limit_bytes"]
 
 USAGE_MAX_AGE_S = 5.0
+# From this share of the limit on, every command's effect is measured right away.
+NEAR_LIMIT = 0.8
 GIB = 1024**3
 
 
@@ -81,6 +85,25 @@ class StorageGuard:
         if cached is not None:
             cached.used_bytes += new_size - previous_size
 
-    async def room_for_command(self, project: Project, client: GuestClient) -> int:
-        """The largest file a command may write: the space left under the limit."""
-        return max(0, limit_bytes(project) - await self.used_bytes(project, client, exact=False))
+    async def file_size_limit(self, project: Project, client: GuestClient) -> int:
+        """How large a command may make any one file: the whole limit, or 0 when over it.
+
+        (A per-file limit of "the space left" would break rewriting big existing files.)
+        """
+        limit = limit_bytes(project)
+        return limit if await self.used_bytes(project, client, exact=False) < limit else 0
+
+    async def over_limit_after_command(self, project: Project, client: GuestClient) -> str | None:
+        """After a command: if the workspace was near its limit, measure; say if it is over."""
+        limit = limit_bytes(project)
+        cached = self._usage.get(project.project_id)
+        if cached is None or cached.used_bytes < limit * NEAR_LIMIT:
+            return None
+        used = await self.used_bytes(project, client, exact=True)
+        if used <= limit:
+            return None
+        return (
+            f"the workspace now uses {used} bytes, over its max_storage_gb of "
+            f"{project.settings.max_storage_gb:g} ({limit} bytes): writes are refused until "
+            "files are deleted, or an admin raises max_storage_gb"
+        )

@@ -1,13 +1,14 @@
 """The SQLite store (aiosqlite): the source of truth for projects, agents, executions, events.
 
 One connection per server, WAL journal, ``synchronous=FULL``: a change is on disk before the call
-that made it returns. Writes are serialised by a lock and grouped in short transactions, so
-concurrent tasks never see each other's half-done work.
+that made it returns. Writes are serialised by a lock and grouped in short transactions, so they
+never interleave; reads share the connection and may see a transaction that is about to commit.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Any, Self
 import aiosqlite
 import anyio
 
+from server.errors import StoreBusy
 from server.migrations import MIGRATIONS
 from server.models import (
     AccessLevel,
@@ -63,7 +65,7 @@ class Store:
         self.event_listeners: list[Callable[[str | None], None]] = []
 
     @classmethod
-    async def open(cls, path: Path) -> Self:
+    async def open(cls, path: Path, *, busy_timeout_s: float = 10.0) -> Self:
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = await aiosqlite.connect(path, isolation_level=None)
         connection.row_factory = aiosqlite.Row
@@ -72,7 +74,7 @@ class Store:
                 "PRAGMA journal_mode=WAL",
                 "PRAGMA synchronous=FULL",
                 "PRAGMA foreign_keys=ON",
-                "PRAGMA busy_timeout=10000",
+                f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}",
             ):
                 await connection.execute(pragma)
             store = cls(connection, path)
@@ -119,16 +121,26 @@ class Store:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """An immediate write transaction; commits on success, rolls back on any error."""
         async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            # BEGIN, COMMIT and ROLLBACK are shielded: a caller cancelled half-way must never
+            # leave the shared connection inside a transaction.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as err:
+                    raise StoreBusy(
+                        f"the database {self.path} is busy ({err}): another ProjectVM process "
+                        "holds it; try again"
+                    ) from err
             try:
                 yield self._db
+                with anyio.CancelScope(shield=True):
+                    await self._db.execute("COMMIT")
             except BaseException:
                 self._touched.clear()
                 with anyio.CancelScope(shield=True):
-                    await self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:
+                        await self._db.execute("ROLLBACK")
                 raise
-            with anyio.CancelScope(shield=True):
-                await self._db.execute("COMMIT")
             touched, self._touched = self._touched, set()
             for project_id in touched:
                 for listener in self.event_listeners:
@@ -412,8 +424,8 @@ class Store:
         async with self.transaction() as db:
             await db.execute(
                 """INSERT INTO project_executions (execution_id, project_id, agent_id, command,
-                    cwd, status, queued_at, started_at, server_id)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    cwd, status, queued_at, started_at, queued_ms, server_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     execution.execution_id,
                     execution.project_id,
@@ -423,21 +435,25 @@ class Store:
                     execution.status,
                     _ts(execution.queued_at),
                     _ts(execution.started_at),
+                    execution.queued_ms,
                     server_id,
                 ),
-            )
-            kind = (
-                "execution.queued"
-                if execution.status == ExecutionStatus.QUEUED
-                else "execution.started"
             )
             await self._insert_event(
                 db,
                 execution.project_id,
                 execution.agent_id,
-                kind,
+                "execution.queued",
                 {"execution_id": execution.execution_id, "command": execution.command[:500]},
             )
+            if execution.status == ExecutionStatus.RUNNING:
+                await self._insert_event(
+                    db,
+                    execution.project_id,
+                    execution.agent_id,
+                    "execution.started",
+                    {"execution_id": execution.execution_id, "queued_ms": 0},
+                )
 
     async def mark_execution_started(self, execution_id: str, started_at: datetime) -> None:
         async with self.transaction() as db:

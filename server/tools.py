@@ -177,7 +177,9 @@ def register_tools(mcp: MCPServer) -> None:
     async def run_command(
         ctx: Context[AppState],
         project_id: ProjectId,
-        command: Annotated[str, Field(description="a shell command line, run with bash -c")],
+        command: Annotated[
+            str, Field(description="a shell command line, run with bash -c (sh -c without bash)")
+        ],
         cwd: Annotated[
             str | None, Field(description="working directory in the workspace; default its root")
         ] = None,

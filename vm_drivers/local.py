@@ -242,9 +242,10 @@ class LocalDriver:
             "/sys",
             "/sys",
         ]
-        data_dir = os.path.realpath(self.data_dir)
-        if not self._under_hidden(data_dir, hidden) and os.path.isdir(data_dir):
-            argv += ["--tmpfs", data_dir]
+        # Other projects' workspaces live here: never visible, wherever they are configured.
+        for private in {os.path.realpath(self.data_dir), os.path.realpath(self.root)}:
+            if not self._under_hidden(private, hidden) and os.path.isdir(private):
+                argv += ["--tmpfs", private]
         argv += [
             "--bind",
             str(self.workspace_dir(record.vm_id)),

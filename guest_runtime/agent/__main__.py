@@ -94,6 +94,18 @@ async def _serve_serial(agent: Agent, device: str) -> None:
     agent.execs.kill_all()
 
 
+def _not_dumpable() -> None:
+    """Commands run as the agent's user; without this they could open /proc/<agent>/fd/* and
+    write forged messages onto the host channel. Children become dumpable again on exec."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass  # not Linux, or no libc: the VM boundary still holds
+
+
 def run_init() -> int:
     """Be PID 1: reap every child that exits, stop on SIGTERM or SIGINT."""
     watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
@@ -128,6 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.init:
         return run_init()
+    _not_dumpable()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     if not os.path.isdir(args.root):
         sys.stderr.write("projectvm-agent: workspace root %s does not exist\n" % args.root)

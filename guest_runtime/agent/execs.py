@@ -76,6 +76,7 @@ class Execution:
         self.transports: List[asyncio.BaseTransport] = []
         self.pumps: List["asyncio.Task[None]"] = []
         self.supervisor: Optional["asyncio.Task[None]"] = None
+        self.feeder: Optional["asyncio.Task[None]"] = None
         self.done = asyncio.Event()
         self.result: Optional[Dict[str, Any]] = None
 
@@ -195,9 +196,13 @@ class Execs:
             )
             ex.transports.append(transport)
             ex.pumps.append(asyncio.ensure_future(self._pump(ex, name, reader)))
-        if stdin_data is not None and ex.proc.stdin is not None:
-            await self._feed(ex, base64.b64decode(stdin_data), eof=not keep_stdin)
         ex.supervisor = asyncio.ensure_future(self._supervise(ex))
+        if stdin_data is not None and ex.proc.stdin is not None:
+            # Fed in the background: a command that reads slowly (or never) must neither hold
+            # up this answer nor escape its timeout.
+            ex.feeder = asyncio.ensure_future(
+                self._feed_quietly(ex, base64.b64decode(stdin_data), eof=not keep_stdin)
+            )
         return {"exec_id": exec_id, "pid": ex.proc.pid}
 
     async def _pump(self, ex: Execution, stream: str, reader: asyncio.StreamReader) -> None:
@@ -276,6 +281,8 @@ class Execs:
                 await asyncio.wait(pending)
             await self._send_tails(ex)
         finally:
+            if ex.feeder is not None:
+                ex.feeder.cancel()
             for transport in ex.transports:
                 transport.close()
             code = ex.proc.returncode
@@ -324,6 +331,12 @@ class Execs:
                 pipe.close()
         except (BrokenPipeError, ConnectionResetError):
             raise GuestError("stdin_closed", "the command has closed its stdin") from None
+
+    async def _feed_quietly(self, ex: Execution, data: bytes, eof: bool) -> None:
+        try:
+            await self._feed(ex, data, eof)
+        except GuestError:
+            pass  # the command closed its stdin early: its own business, as in a shell pipe
 
     async def stdin(self, params: Dict[str, Any]) -> Dict[str, Any]:
         ex = self._get(params)

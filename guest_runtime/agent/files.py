@@ -23,7 +23,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from .errors import GuestError, InvalidParams, param, required
 from .paths import DIR_FLAGS, Resolved, Workspace, not_found
 
-FILE_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+# Non-blocking so a FIFO (or a device) named like a file never hangs the open; cleared once
+# the descriptor is known to be a regular file.
+FILE_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 CHUNK = 1024 * 1024
 DEFAULT_MAX_READ = 16 * 1024 * 1024
 HARD_MAX_READ = 64 * 1024 * 1024
@@ -65,7 +67,9 @@ def _open_regular(res: Resolved) -> int:
                 "path_changed", "%r changed while being opened; try again" % res.path
             ) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.set_blocking(fd, True)
+    else:
         os.close(fd)
         kind = (
             "is_a_directory"
@@ -557,9 +561,14 @@ def _walk(
                 entry["fd"] = None
                 if stat.S_ISREG(st.st_mode):
                     try:
-                        entry["fd"] = os.open(child.name, FILE_READ_FLAGS, dir_fd=fd)
+                        entry_fd = os.open(child.name, FILE_READ_FLAGS, dir_fd=fd)
                     except OSError:
                         continue
+                    if not stat.S_ISREG(os.fstat(entry_fd).st_mode):  # swapped meanwhile
+                        os.close(entry_fd)
+                        continue
+                    os.set_blocking(entry_fd, True)
+                    entry["fd"] = entry_fd
             yield entry
             if recursive and stat.S_ISDIR(st.st_mode) and child.name not in (skip_dirs or ()):
                 try:

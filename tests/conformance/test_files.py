@@ -79,7 +79,7 @@ async def test_if_match_guards_against_lost_updates(guest: GuestClient) -> None:
         await guest.write_file("doc.md", b"v3", if_match=created.sha256)
     with pytest.raises(WriteConflict):
         await guest.remove("doc.md", if_match=created.sha256)
-    assert await guest.remove("doc.md", if_match=updated.sha256)
+    assert await guest.remove("doc.md", if_match=updated.sha256) == (True, "doc.md")
 
 
 @pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../x", "escape/etc/passwd"])
@@ -131,7 +131,7 @@ async def test_listing_search_move_and_remove(guest: GuestClient) -> None:
         await guest.move("src/app.py", "lib/util.py")
     with pytest.raises(DirectoryNotEmpty):
         await guest.remove("src")
-    assert await guest.remove("src", recursive=True)
+    assert await guest.remove("./src/", recursive=True) == (True, "src")
     with pytest.raises(PathNotFound):
         await guest.read_file("src/app.py")
     assert (await guest.read_file("lib/util.py")).data == b"VALUE = 42\n"

@@ -74,6 +74,20 @@ async def test_gc_removes_what_a_killed_test_left_and_nothing_else(
             assert f"{stray.vm_id}-workspace" not in names
             assert foreign.vm_id in {vm.vm_id for vm in await ours.get(name).list_vms()}
         assert vm_ids(await gc(driver_config), "strays") == set()
+
+        # A project whose VM is being created has no vm_id recorded yet: its VM is not stray.
+        assert handle.state is None  # the server above has shut down; use the store directly
+        from server.store import Store
+
+        async with await Store.open(driver_config.db_path) as store:
+            [record] = await store.list_projects()
+            pending = record.model_copy(update={"project_id": "prj_creating", "vm_id": None})
+            await store.insert_project(pending)
+        in_progress = await ours.get(name).create_project_vm(spec(project_id="prj_creating"))
+        try:
+            assert in_progress.vm_id not in vm_ids(await gc(driver_config), "strays")
+        finally:
+            await ours.get(name).destroy_project_vm(in_progress.vm_id)
     finally:
         await theirs.get(name).destroy_project_vm(foreign.vm_id)
         await ours.get(name).destroy_project_vm(kept["vm_id"])

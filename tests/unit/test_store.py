@@ -109,7 +109,12 @@ async def test_executions_are_recorded_and_finished(tmp_path: Path) -> None:
             "hi\n",
         )
         kinds = [e.kind for e in await store.list_events("prj_1")]
-        assert kinds == ["project.created", "execution.started", "execution.finished"]
+        assert kinds == [
+            "project.created",
+            "execution.queued",
+            "execution.started",
+            "execution.finished",
+        ]
 
 
 async def test_only_executions_of_dead_servers_are_marked_interrupted(tmp_path: Path) -> None:
