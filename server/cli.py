@@ -89,7 +89,7 @@ async def _quickstart(args: argparse.Namespace) -> None:
         token = await issue_token(
             service.store, agent, replace=(await service.store.get_agent(agent)) is not None
         )
-        _print("self-check: create a project, write a file, run a command, read it back ...")
+        _print("self-check: create a project, write a file, run a command that reads it ...")
         info = await service.create_project(agent, "quickstart-check", "created by quickstart")
         try:
             await service.files.write(agent, info.project_id, "hello.txt", "hello from ProjectVM\n")

@@ -195,3 +195,35 @@ async def test_egress_projects_get_the_bridge_network(docker_driver: DockerDrive
         assert await docker_driver.get_vm_status(created.vm_id) == VMStatus.RUNNING
     finally:
         await docker_driver.destroy_project_vm(created.vm_id)
+
+
+async def test_a_file_survives_stop_container_recreation_and_a_server_restart(
+    docker_config: ServerConfig, docker_driver: DockerDriver
+) -> None:
+    from tests.mcp.servers import stdio_params
+
+    params = stdio_params(docker_config.data_dir, driver="docker")
+    async with Client(params) as client:
+        project = await call(client, "create_project", name="durable")
+        project_id = project["project_id"]
+        await call(client, "write_file", project_id=project_id, path="keep.txt", content="v1\n")
+        await call(client, "stop_project", project_id=project_id)
+        await call(client, "start_project", project_id=project_id)
+        assert (await call(client, "read_file", project_id=project_id, path="keep.txt"))[
+            "content"
+        ] == "v1\n"
+        engine = await docker_driver.client()
+        container = await anyio.to_thread.run_sync(engine.containers.get, project["vm_id"])
+        await anyio.to_thread.run_sync(lambda: container.remove(force=True))
+        # The next call finds the container gone and re-creates it around the same volume.
+        assert (await call(client, "read_file", project_id=project_id, path="keep.txt"))[
+            "content"
+        ] == "v1\n"
+    async with Client(params) as client:
+        try:
+            ran = await call(client, "run_command", project_id=project_id, command="cat keep.txt")
+            assert ran["stdout"] == "v1\n"
+            events = (await call(client, "get_events", project_id=project_id))["events"]
+            assert "vm.recovered" in [e["kind"] for e in events]
+        finally:
+            await call(client, "delete_project", project_id=project_id)
