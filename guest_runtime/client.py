@@ -23,7 +23,6 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from guest_runtime.errors import (
-    GuestError,
     GuestProtocolError,
     GuestUnreachable,
     guest_error_from_wire,
@@ -454,16 +453,3 @@ class GuestClient:
 
     async def stats(self) -> GuestStats:
         return GuestStats.model_validate(await self.call("system.stats"))
-
-    async def shutdown(self) -> None:
-        try:
-            await self.call("system.shutdown", timeout=5)
-        except GuestUnreachable:
-            pass
-
-    async def ping(self, timeout: float = 5) -> bool:
-        try:
-            await self.call("hello", timeout=timeout)
-        except (GuestUnreachable, GuestError):
-            return False
-        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from server.tools import register_tools
 from vm_drivers.base import DriverContext
 from vm_drivers.registry import DriverSet
 
-__all__ = ["ServerHandle", "build_server", "open_service"]
+__all__ = ["ServerHandle", "build_server", "default_user", "open_service"]
 
 log = logging.getLogger("projectvm")
 
@@ -33,6 +34,14 @@ Files live under /workspace in the VM and persist across stop/start. run_command
 command and returns exit_code, stdout and stderr (a non-zero exit is a normal result).
 read_file returns a sha256: pass it as if_match to write_file/edit_file so you never overwrite
 another agent's change unknowingly."""
+
+
+def default_user() -> str:
+    """The person running this server, as the owner of the agents it creates."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @asynccontextmanager
@@ -78,7 +87,7 @@ def build_server(
     async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:
         async with open_service(config) as service:
             if agent is not None:
-                await service.ensure_agent(agent)
+                await service.ensure_agent(agent, user=default_user())
                 await service.store.touch_agent(agent)
             service.events.add_publisher(publish)
             handle.state = AppState(service=service, transport=transport, default_agent=agent)

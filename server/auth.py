@@ -19,8 +19,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def issue_token(store: Store, agent_id: str, *, replace: bool = False) -> str:
-    """Create ``agent_id`` if needed and give it a new token; returns the token (shown once)."""
+async def issue_token(
+    store: Store, agent_id: str, *, replace: bool = False, user: str | None = None
+) -> str:
+    """Create ``agent_id`` (for ``user``, the person issuing it) if needed and give it a new
+    token; returns the token, which is shown once and never stored."""
     if not AGENT_ID_PATTERN.match(agent_id):
         raise InvalidInput(
             f"{agent_id!r} is not a valid agent name: use 1-64 lowercase letters, digits, "
@@ -35,7 +38,7 @@ async def issue_token(store: Store, agent_id: str, *, replace: bool = False) -> 
     if existing is None and replace:
         raise NotFound(f"no agent {agent_id!r}; create it with `projectvm agents add {agent_id}`")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    await store.ensure_agent(agent_id)
+    await store.ensure_agent(agent_id, user_id=user)
     await store.set_agent_token(agent_id, hash_token(token))
     return token
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
@@ -27,11 +26,9 @@ DEFAULT_PORT = 8765
 
 def default_agent_name() -> str:
     """The OS user as an agent id (lowercased, other characters replaced)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "agent"
-    name = re.sub(r"[^a-z0-9._-]", "-", user.lower()).strip("-._") or "agent"
+    from server.app import default_user
+
+    name = re.sub(r"[^a-z0-9._-]", "-", default_user().lower()).strip("-._") or "agent"
     return name[:64]
 
 
@@ -250,12 +247,18 @@ async def _with_store(args: argparse.Namespace, action: Callable[[Any], Awaitabl
 
 
 async def _agents(args: argparse.Namespace) -> None:
+    from server.app import default_user
     from server.auth import issue_token
     from server.errors import InvalidInput
 
     async def action(store: Any) -> None:
         if args.agents_command in ("add", "token"):
-            token = await issue_token(store, args.name, replace=args.agents_command == "token")
+            token = await issue_token(
+                store,
+                args.name,
+                replace=args.agents_command == "token",
+                user=default_user(),
+            )
             if args.quiet:
                 _print(token)
                 return

@@ -185,13 +185,13 @@ class ProjectService:
 
     # -- identity and access ------------------------------------------------------------------
 
-    async def ensure_agent(self, agent_id: str) -> None:
+    async def ensure_agent(self, agent_id: str, *, user: str | None = None) -> None:
         if not AGENT_ID_PATTERN.match(agent_id):
             raise InvalidInput(
                 f"{agent_id!r} is not a valid agent id: use 1-64 lowercase letters, digits, "
                 "'.', '_' or '-', starting with a letter or digit"
             )
-        await self.store.ensure_agent(agent_id)
+        await self.store.ensure_agent(agent_id, user_id=user)
 
     async def authorize(
         self, agent_id: str, project_id: str, needed: AccessLevel

@@ -160,14 +160,6 @@ class Store:
 
     # -- users and agents ---------------------------------------------------------------------
 
-    async def ensure_user(self, name: str) -> str:
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT OR IGNORE INTO users (user_id, name, created_at) VALUES (?, ?, ?)",
-                (name, name, _ts(utcnow())),
-            )
-        return name
-
     async def ensure_agent(self, agent_id: str, user_id: str | None = None) -> Agent:
         async with self.transaction() as db:
             if user_id is not None:
@@ -570,12 +562,6 @@ class Store:
             (*params, limit),
         )
         return [self._execution(row) for row in rows]
-
-    async def count_executions(self, project_id: str) -> int:
-        row = await self._fetchone(
-            "SELECT COUNT(*) FROM project_executions WHERE project_id = ?", (project_id,)
-        )
-        return int(row[0]) if row else 0
 
     async def interrupt_orphaned_executions(
         self, reason: str, is_alive: Callable[[str | None], bool]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -43,6 +45,10 @@ async def test_agent_tokens_are_shown_once_and_only_hashes_are_stored(data_dir: 
     assert "projectvm agents token bob" in err
     database = (data_dir / "projectvm.db").read_bytes()
     assert token.encode() not in database
+    with sqlite3.connect(data_dir / "projectvm.db") as raw:
+        [(owner,)] = raw.execute("SELECT user_id FROM agents WHERE agent_id = 'bob'").fetchall()
+        assert owner == getpass.getuser()
+        assert raw.execute("SELECT name FROM users").fetchall() == [(owner,)]
     async with await Store.open(data_dir / "projectvm.db") as store:
         assert await resolve_token(store, token) == "bob"
     _, out, _ = await projectvm(data_dir, "agents", "token", "bob", "--quiet")

@@ -110,10 +110,6 @@ class _SandboxChannel(anyio.abc.ByteStream):
     async def aclose(self) -> None:
         await terminate(self.process)
 
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
 
 async def terminate(process: Process) -> None:
     """End a sandbox: close its stdin (the agent kills its commands and exits), then force."""
