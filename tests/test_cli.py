@@ -79,7 +79,8 @@ async def test_doctor_reports_each_driver_and_the_choice(
         assert docker_row["details"]["api"]
         assert any(key.startswith("image projectvm/runtime") for key in docker_row["details"])
     else:
-        assert "engine did not answer" in docker_row["reason"]
+        assert "engine" in docker_row["reason"]
+        assert "DOCKER_HOST" in docker_row["reason"]  # and how to point us at one
     _, text, _ = await projectvm(data_dir, "doctor")
     assert "local" in text
     assert "new projects will use" in text
