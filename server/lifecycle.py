@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from server.service import ProjectService, Runtime
 
 __all__ = ["Lifecycle"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("projectvm.lifecycle")
 
@@ -73,20 +76,28 @@ class Lifecycle:
 
     # -- creating and starting ----------------------------------------------------------------
 
-    async def create_vm(self, project: Project) -> VMCreationResult:
-        """Create the project's VM, retrying transient failures with backoff."""
-        driver = self.driver(project)
-        for attempt in range(1, BOOT_ATTEMPTS + 1):
+    @staticmethod
+    async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()``, again with backoff while it fails in a way that may pass."""
+        for number in range(1, BOOT_ATTEMPTS + 1):
             try:
-                return await driver.create_project_vm(spec_of(project))
+                return await attempt()
             except PERMANENT:
                 raise
             except DriverError as err:
-                if attempt == BOOT_ATTEMPTS:
+                if number == BOOT_ATTEMPTS:
                     raise
-                log.warning("creating the VM of %s failed (%s); retrying", project.project_id, err)
-                await anyio.sleep(BOOT_BACKOFF_S * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")
+                log.warning("%s failed (%s); retrying", what, err)
+                await anyio.sleep(BOOT_BACKOFF_S * 2 ** (number - 1))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def create_vm(self, project: Project) -> VMCreationResult:
+        """Create the project's VM, retrying transient failures with backoff."""
+        driver = self.driver(project)
+        return await self._retrying(
+            f"creating the VM of {project.project_id}",
+            lambda: driver.create_project_vm(spec_of(project)),
+        )
 
     async def boot(self, project: Project, agent_id: str | None) -> Project:
         """Start (or create, if it has none) the project's VM; record the outcome."""
@@ -116,28 +127,20 @@ class Lifecycle:
         return refreshed
 
     async def _start_with_retries(self, driver: VMDriver, project: Project, vm_id: str) -> None:
-        for attempt in range(1, BOOT_ATTEMPTS + 1):
-            try:
-                await driver.start_project_vm(vm_id, spec_of(project))
-                return
-            except VMNotFound:
-                # The VM and its workspace are gone: give the project a fresh one.
-                created = await self.create_vm(project)
-                await self.service.store.update_project(
-                    project.project_id,
-                    vm_id=created.vm_id,
-                    vm_url=created.vm_url,
-                    workspace_path=created.workspace_path,
-                    event=(None, "vm.recreated", {"vm_id": created.vm_id, "lost": vm_id}),
-                )
-                return
-            except DriverConfigError:
-                raise
-            except DriverError as err:
-                if attempt == BOOT_ATTEMPTS:
-                    raise
-                log.warning("starting %s failed (%s); retrying", vm_id, err)
-                await anyio.sleep(BOOT_BACKOFF_S * 2 ** (attempt - 1))
+        try:
+            await self._retrying(
+                f"starting {vm_id}", lambda: driver.start_project_vm(vm_id, spec_of(project))
+            )
+        except VMNotFound:
+            # The VM and its workspace are gone: give the project a fresh one.
+            created = await self.create_vm(project)
+            await self.service.store.update_project(
+                project.project_id,
+                vm_id=created.vm_id,
+                vm_url=created.vm_url,
+                workspace_path=created.workspace_path,
+                event=(None, "vm.recreated", {"vm_id": created.vm_id, "lost": vm_id}),
+            )
 
     async def start(self, agent_id: str, project_id: str) -> ProjectStatus:
         await self.service.authorize(agent_id, project_id, AccessLevel.ADMIN)
