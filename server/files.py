@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from guest_runtime.client import GuestClient
 from guest_runtime.errors import WriteConflict
+from guest_runtime.protocol import WriteResult
 from server.errors import Conflict, InvalidInput, LimitExceeded
 from server.models import AccessLevel, Project
 from server.results import (
@@ -203,6 +204,26 @@ class FileOps:
 
     # -- changing -----------------------------------------------------------------------------
 
+    async def _put(
+        self,
+        project: Project,
+        client: GuestClient,
+        path: str,
+        data: bytes,
+        if_match: str | None,
+        append: bool,
+    ) -> WriteResult:
+        """Write within the storage limit; a stale ``if_match`` becomes a named conflict.
+        (The caller holds the project's mutation lock and records the event.)"""
+        storage = self.service.storage
+        await storage.check_write(project, client, path, len(data), append)
+        try:
+            written = await client.write_file(path, data, if_match=if_match, append=append)
+        except WriteConflict as err:
+            raise await self._conflict(project.project_id, err) from err
+        storage.wrote(project.project_id, written.previous_size, written.size)
+        return written
+
     def _decode(self, content: str, encoding: str) -> bytes:
         if encoding == "base64":
             try:
@@ -236,12 +257,7 @@ class FileOps:
         project, client = await self._open(agent_id, project_id, AccessLevel.READ_WRITE)
         async with self.service.runtime_of(project_id).mutation:
             await self.service.locks.check_write(agent_id, project_id, path)
-            await self.service.storage.check_write(project, client, path, len(data), append)
-            try:
-                written = await client.write_file(path, data, if_match=if_match, append=append)
-            except WriteConflict as err:
-                raise await self._conflict(project_id, err) from err
-            self.service.storage.wrote(project_id, written.previous_size, written.size)
+            written = await self._put(project, client, path, data, if_match, append)
             await self.service.store.append_event(
                 project_id,
                 agent_id,
@@ -307,15 +323,9 @@ class FileOps:
                     diff=diff,
                     applied=False,
                 )
-            encoded = after.encode("utf-8")
-            await self.service.storage.check_write(
-                project, client, current.path, len(encoded), append=False
+            written = await self._put(
+                project, client, current.path, after.encode("utf-8"), current.sha256, False
             )
-            try:
-                written = await client.write_file(current.path, encoded, if_match=current.sha256)
-            except WriteConflict as err:
-                raise await self._conflict(project_id, err) from err
-            self.service.storage.wrote(project_id, written.previous_size, written.size)
             await self.service.store.append_event(
                 project_id,
                 agent_id,
