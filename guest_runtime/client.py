@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from guest_runtime.agent import methods
 from guest_runtime.errors import (
     GuestProtocolError,
     GuestUnreachable,
@@ -96,13 +97,13 @@ class ExecHandle:
             await arrived.wait()
 
     async def write_stdin(self, data: bytes, *, eof: bool = False) -> None:
-        await self.client.call(
-            "exec.stdin",
-            {"exec_id": self.exec_id, "data": base64.b64encode(data).decode(), "eof": eof},
+        await self.client.request(
+            methods.EXEC_STDIN,
+            methods.ExecStdin(self.exec_id, base64.b64encode(data).decode(), eof),
         )
 
     async def signal(self, signal: str = "KILL") -> None:
-        await self.client.call("exec.signal", {"exec_id": self.exec_id, "signal": signal})
+        await self.client.request(methods.EXEC_SIGNAL, methods.ExecSignal(self.exec_id, signal))
 
 
 class GuestClient:
@@ -231,11 +232,19 @@ class GuestClient:
         handle = self._execs.get(str(params.get("exec_id")))
         if handle is None:
             return
-        if method == "exec.output":
+        if method == methods.EXEC_OUTPUT:
             handle._deliver(ExecOutput.from_wire(params))
-        elif method == "exec.exit":
+        elif method == methods.EXEC_EXIT:
             self._execs.pop(handle.exec_id, None)
             handle._deliver(ExecExit.model_validate(params))
+
+    async def request(
+        self, method: str, params: object, *, timeout: float | None = DEFAULT_CALL_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Send ``method`` with a request dataclass of :mod:`guest_runtime.agent.methods`."""
+        if not isinstance(params, methods.PARAMS[method]):
+            raise TypeError(f"{method} takes {methods.PARAMS[method].__name__}")
+        return await self.call(method, methods.to_params(params), timeout=timeout)
 
     async def call(
         self,
@@ -281,7 +290,9 @@ class GuestClient:
 
     async def hello(self) -> GuestInfo:
         try:
-            info = GuestInfo.model_validate(await self.call("hello", timeout=60))
+            info = GuestInfo.model_validate(
+                await self.request(methods.HELLO, methods.Empty(), timeout=60)
+            )
         except ValueError as err:
             raise GuestProtocolError(f"the guest's hello is malformed: {err}") from err
         if info.protocol_version != PROTOCOL_VERSION:
@@ -310,27 +321,20 @@ class GuestClient:
         handle = ExecHandle(self, exec_id or uuid.uuid4().hex)
         # Registered before the request: output can arrive before the answer to exec.start.
         self._execs[handle.exec_id] = handle
-        params: dict[str, Any] = {
-            "exec_id": handle.exec_id,
-            "command": command if isinstance(command, str) else list(command),
-            "stdin_open": stdin_open,
-        }
-        if cwd is not None:
-            params["cwd"] = cwd
-        if env:
-            params["env"] = dict(env)
-        if stdin is not None:
-            params["stdin"] = base64.b64encode(stdin).decode()
-        if timeout_s is not None:
-            params["timeout_s"] = timeout_s
-        if output_limit is not None:
-            params["output_limit"] = output_limit
-        if tail_limit is not None:
-            params["tail_limit"] = tail_limit
-        if fsize_limit is not None:
-            params["fsize_limit"] = fsize_limit
+        request = methods.ExecStart(
+            command=command if isinstance(command, str) else list(command),
+            exec_id=handle.exec_id,
+            cwd=cwd,
+            env=dict(env) if env else None,
+            stdin=base64.b64encode(stdin).decode() if stdin is not None else None,
+            stdin_open=stdin_open,
+            timeout_s=timeout_s,
+            output_limit=output_limit,
+            tail_limit=tail_limit,
+            fsize_limit=fsize_limit,
+        )
         try:
-            await self.call("exec.start", params)
+            await self.request(methods.EXEC_START, request)
         except BaseException:
             self._execs.pop(handle.exec_id, None)
             raise
@@ -346,16 +350,8 @@ class GuestClient:
         line_limit: int | None = None,
         max_bytes: int | None = None,
     ) -> FileData:
-        params: dict[str, Any] = {"path": path, "offset": offset}
-        for name, value in (
-            ("length", length),
-            ("line_offset", line_offset),
-            ("line_limit", line_limit),
-            ("max_bytes", max_bytes),
-        ):
-            if value is not None:
-                params[name] = value
-        return FileData.from_wire(await self.call("fs.read", params))
+        request = methods.FsRead(path, offset, length, line_offset, line_limit, max_bytes)
+        return FileData.from_wire(await self.request(methods.FS_READ, request))
 
     async def write_file(
         self,
@@ -367,20 +363,13 @@ class GuestClient:
         append: bool = False,
         mode: int | None = None,
     ) -> WriteResult:
-        params: dict[str, Any] = {
-            "path": path,
-            "data": base64.b64encode(data).decode(),
-            "create_parents": create_parents,
-            "append": append,
-        }
-        if if_match is not None:
-            params["if_match"] = if_match
-        if mode is not None:
-            params["mode"] = mode
-        return WriteResult.model_validate(await self.call("fs.write", params))
+        request = methods.FsWrite(
+            path, base64.b64encode(data).decode(), if_match, create_parents, append, mode
+        )
+        return WriteResult.model_validate(await self.request(methods.FS_WRITE, request))
 
     async def stat(self, path: str, *, sha256: bool = False, follow: bool = True) -> StatResult:
-        result = await self.call("fs.stat", {"path": path, "sha256": sha256, "follow": follow})
+        result = await self.request(methods.FS_STAT, methods.FsStat(path, sha256, follow))
         return StatResult.model_validate(result)
 
     async def list_dir(
@@ -391,25 +380,18 @@ class GuestClient:
         max_entries: int = 1000,
         include_hidden: bool = True,
     ) -> ListResult:
-        params = {
-            "path": path,
-            "recursive": recursive,
-            "max_entries": max_entries,
-            "include_hidden": include_hidden,
-        }
-        return ListResult.model_validate(await self.call("fs.list", params))
+        request = methods.FsList(path, recursive, max_entries, include_hidden)
+        return ListResult.model_validate(await self.request(methods.FS_LIST, request))
 
     async def mkdir(self, path: str, *, parents: bool = True) -> bool:
-        result = await self.call("fs.mkdir", {"path": path, "parents": parents})
+        result = await self.request(methods.FS_MKDIR, methods.FsMkdir(path, parents))
         return bool(result.get("created"))
 
     async def move(
         self, source: str, destination: str, *, overwrite: bool = False
     ) -> tuple[str, str]:
         """Move within the workspace; returns the (source, destination) as resolved."""
-        result = await self.call(
-            "fs.move", {"source": source, "destination": destination, "overwrite": overwrite}
-        )
+        result = await self.request(methods.FS_MOVE, methods.FsMove(source, destination, overwrite))
         return str(result.get("source", source)), str(result.get("destination", destination))
 
     async def remove(
@@ -421,10 +403,8 @@ class GuestClient:
         if_match: str | None = None,
     ) -> tuple[bool, str]:
         """Remove a path; returns whether something was removed, and the path as resolved."""
-        params: dict[str, Any] = {"path": path, "recursive": recursive, "missing_ok": missing_ok}
-        if if_match is not None:
-            params["if_match"] = if_match
-        result = await self.call("fs.remove", params)
+        request = methods.FsRemove(path, recursive, missing_ok, if_match)
+        result = await self.request(methods.FS_REMOVE, request)
         return bool(result.get("removed")), str(result.get("path", path))
 
     async def search(
@@ -437,19 +417,11 @@ class GuestClient:
         glob: str | None = None,
         max_results: int = 200,
     ) -> SearchResult:
-        params: dict[str, Any] = {
-            "pattern": pattern,
-            "path": path,
-            "regex": regex,
-            "ignore_case": ignore_case,
-            "max_results": max_results,
-        }
-        if glob is not None:
-            params["glob"] = glob
-        return SearchResult.model_validate(await self.call("fs.search", params))
+        request = methods.FsSearch(pattern, path, regex, ignore_case, glob, max_results)
+        return SearchResult.model_validate(await self.request(methods.FS_SEARCH, request))
 
     async def usage(self) -> UsageResult:
-        return UsageResult.model_validate(await self.call("fs.usage"))
+        return UsageResult.model_validate(await self.request(methods.FS_USAGE, methods.Empty()))
 
     async def stats(self) -> GuestStats:
-        return GuestStats.model_validate(await self.call("system.stats"))
+        return GuestStats.model_validate(await self.request(methods.SYSTEM_STATS, methods.Empty()))

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import Process
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -33,9 +30,10 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.auth import issue_token  # noqa: E402
-from server.models import ExecutionStatus  # noqa: E402
+from server.core.agents import Agents  # noqa: E402
+from server.domain.models import ExecutionStatus  # noqa: E402
 from server.store import Store  # noqa: E402
+from tests.servers import serve_process  # noqa: E402
 
 
 class Tally:
@@ -44,35 +42,6 @@ class Tally:
         self.errors: list[str] = []
         self.executions: dict[str, str] = {}  # execution_id -> agent
         self.writes: list[tuple[str, str]] = []  # (agent, path)
-
-
-async def start_server(data_dir: Path, driver: str) -> tuple[Process, str]:
-    process = await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "--data-dir",
-            str(data_dir),
-            "serve",
-            "--http",
-            "--port",
-            "0",
-            "--driver",
-            driver,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=str(ROOT),
-        env={**os.environ},
-    )
-    assert process.stderr is not None
-    seen = b""
-    with anyio.fail_after(60):
-        while b"/mcp" not in seen:
-            seen += await process.stderr.receive()
-    url = next(word for word in seen.decode().split() if word.startswith("http://"))
-    return process, url
 
 
 async def ok(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
@@ -132,12 +101,12 @@ async def soak(agents: int, seconds: float, driver: str) -> dict[str, Any]:
         data_dir = Path(scratch)
         names = [f"soak-{i:03d}" for i in range(agents)]
         async with await Store.open(data_dir / "projectvm.db") as store:
-            owner = await issue_token(store, "owner")
-            tokens = {name: await issue_token(store, name) for name in names}
-        process, url = await start_server(data_dir, driver)
+            agents_registry = Agents(store)
+            owner = await agents_registry.issue_token("owner")
+            tokens = {name: await agents_registry.issue_token(name) for name in names}
         tally = Tally()
         began = time.monotonic()
-        try:
+        async with serve_process(data_dir, driver=driver, cwd=ROOT) as (_, url):
             headers = {"Authorization": f"Bearer {owner}"}
             async with (
                 create_mcp_http_client(headers=headers) as http,
@@ -160,20 +129,12 @@ async def soak(agents: int, seconds: float, driver: str) -> dict[str, Any]:
                                 agent, name, tokens[name], url, project_id, deadline, tally
                             )
                 await ok(client, "delete_project", project_id=project_id)
-        finally:
-            process.terminate()
-            with anyio.move_on_after(30):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
         elapsed = time.monotonic() - began
         async with await Store.open(data_dir / "projectvm.db") as store:
             integrity = await store.integrity_check()
-            recorded = {
-                e.execution_id: e for e in await store.list_executions(project_id, limit=10_000_000)
-            }
-            events = await store.list_events(project_id, limit=10_000_000)
+            rows = await store.executions.page(project_id, limit=10_000_000)
+            recorded = {e.execution_id: e for e in rows}
+            events = await store.events.after(project_id, 0, 10_000_000)
     written = {(e.agent_id, e.data.get("path")) for e in events if e.kind == "file.written"}
     missing_executions = [e for e in tally.executions if e not in recorded]
     misattributed = [

@@ -22,5 +22,7 @@ log "ruff format --check"
 .venv/bin/ruff format --check .
 log "mypy --strict"
 .venv/bin/mypy
+log "lint-imports (layer contracts)"
+.venv/bin/lint-imports --no-cache
 log "pytest"
 .venv/bin/pytest "$@"

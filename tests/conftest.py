@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
-from server.app import ServerHandle, build_server
-from server.config import ServerConfig
+from server.domain.config import ServerConfig
+from server.surfaces.mcp.server import ServerHandle, build_server
+from tests.helpers import call
 from vm_drivers.base import DriverContext
+from vm_drivers.docker import DockerDriver
 from vm_drivers.registry import DriverSet
 
 
@@ -56,3 +58,58 @@ async def driver_config(request: pytest.FixtureRequest, data_dir: Path) -> Serve
     if not availability.usable:
         pytest.skip(f"driver {request.param} is not usable here: {availability.reason}")
     return ServerConfig.load(data_dir, driver=request.param)
+
+
+@pytest.fixture
+async def docker_driver(data_dir: Path) -> AsyncIterator[DockerDriver]:
+    """The docker driver on a real Docker-API engine (Podman's compatible service in CI)."""
+    drivers = DriverSet(DriverContext.for_data_dir(data_dir))
+    try:
+        availability = await drivers.probe("docker")
+        if not availability.usable:
+            pytest.skip(f"docker driver not usable here: {availability.reason}")
+        driver = drivers.get("docker")
+        assert isinstance(driver, DockerDriver)
+        yield driver
+    finally:
+        await drivers.aclose()
+
+
+@pytest.fixture
+def docker_config(data_dir: Path, docker_driver: DockerDriver) -> ServerConfig:
+    return ServerConfig.load(data_dir, driver="docker")
+
+
+@pytest.fixture
+async def alice_projects(
+    alice: tuple[Client, ServerHandle],
+) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``await make(name, **settings)`` creates a project as alice; all are deleted after."""
+    client, _ = alice
+    made: list[str] = []
+
+    async def make(name: str, **settings: object) -> str:
+        info = await call(client, "create_project", name=name, settings=settings or None)
+        made.append(info["project_id"])
+        return str(info["project_id"])
+
+    try:
+        yield make
+    finally:
+        for project_id in made:
+            await call(client, "delete_project", project_id=project_id)
+
+
+# Every test outside tests/unit needs a real backend (a sandbox, an engine, a subprocess);
+# the tiers are marked here so `-m "not integration"` runs the fast ones anywhere.
+INTEGRATION_TIERS = {"conformance", "docker", "guest", "lifecycle", "mcp", "security"}
+SLOW_TESTS = {"test_soak.py", "test_crash_recovery.py", "test_paging.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(Path(__file__).parent).parts
+        if parts[0] in INTEGRATION_TIERS or parts[0] in ("test_cli.py", "test_soak.py"):
+            item.add_marker(pytest.mark.integration)
+        if item.path.name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

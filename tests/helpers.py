@@ -8,6 +8,9 @@ from typing import Any
 import anyio
 from mcp import Client
 
+from server.core.agents import Agents
+from server.store import Store
+
 
 async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
     """Call a tool that must succeed; return its structured result."""
@@ -36,3 +39,8 @@ async def eventually(
                 await anyio.lowlevel.checkpoint()
     except TimeoutError:
         raise AssertionError(f"{what} did not happen within {timeout}s") from None
+
+
+async def issue_token(store: Store, agent_id: str) -> str:
+    """A new agent with a token, as `projectvm agents add` makes it."""
+    return await Agents(store).issue_token(agent_id)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import socket
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import anyio
 import pytest
 
 from server import __version__
-from server.auth import resolve_token
+from server.core.agents import Agents
 from server.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -50,11 +52,11 @@ async def test_agent_tokens_are_shown_once_and_only_hashes_are_stored(data_dir: 
         assert owner == getpass.getuser()
         assert raw.execute("SELECT name FROM users").fetchall() == [(owner,)]
     async with await Store.open(data_dir / "projectvm.db") as store:
-        assert await resolve_token(store, token) == "bob"
+        assert await Agents(store).resolve(token) == "bob"
     _, out, _ = await projectvm(data_dir, "agents", "token", "bob", "--quiet")
     async with await Store.open(data_dir / "projectvm.db") as store:
-        assert await resolve_token(store, token) is None
-        assert await resolve_token(store, out.strip()) == "bob"
+        assert await Agents(store).resolve(token) is None
+        assert await Agents(store).resolve(out.strip()) == "bob"
     _, listing, _ = await projectvm(data_dir, "agents", "list")
     assert listing.startswith("bob")
     _, out, _ = await projectvm(data_dir, "agents", "remove", "bob")
@@ -89,3 +91,43 @@ async def test_doctor_reports_each_driver_and_the_choice(
 async def test_projects_list_on_an_empty_data_dir(data_dir: Path) -> None:
     _, out, _ = await projectvm(data_dir, "projects", "list")
     assert out.strip() == "no projects"
+
+
+async def serve_fails(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run `projectvm serve ARGS` that must fail at start-up; return its one line of error."""
+    result = await anyio.run_process(
+        [sys.executable, "-m", "server.cli", "--data-dir", str(data_dir), "serve", *args],
+        check=False,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+async def test_every_start_up_failure_is_one_clear_line(data_dir: Path) -> None:
+    line = await serve_fails(data_dir, "--driver", "bogus")
+    assert "bogus" in line
+    assert "choose one of" in line
+    line = await serve_fails(data_dir, env={"VM_SERVICE": "bogus"})
+    assert "VM_SERVICE=bogus" in line
+    line = await serve_fails(data_dir, env={"VM_SERVICE": "firecracker"})
+    assert "firecracker" in line
+    assert "VM_SERVICE=firecracker" in line
+    assert "auto" not in line
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "config.toml").write_text("driver = [")
+    line = await serve_fails(data_dir)
+    assert "config.toml" in line
+    (data_dir / "config.toml").unlink()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = await serve_fails(data_dir, "--http", "--port", port, "--driver", "process")
+    assert f"127.0.0.1:{port}" in line
+    assert "--port" in line

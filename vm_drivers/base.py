@@ -12,7 +12,8 @@ import os
 import secrets
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from types import TracebackType
+from typing import ClassVar, Literal, Protocol, Self, runtime_checkable
 
 import anyio.abc
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,7 +56,9 @@ class VMSpec(BaseModel):
     project_type: str = "development"
     cpus: float | None = Field(default=None, description="CPU limit; None = driver default")
     memory_mb: int | None = Field(default=None, description="memory limit; None = driver default")
-    disk_gb: float | None = Field(default=None, description="workspace size limit")
+    disk_gb: float | None = Field(
+        default=None, description="workspace size limit (a disk's size on the VM drivers)"
+    )
     pids_limit: int | None = Field(default=None, description="process limit; None = default")
     network: Literal["none", "egress"] = "none"
     image: str | None = Field(default=None, description="image/template; None = driver default")
@@ -165,10 +168,16 @@ class VMDriver(Protocol):
 
     async def get_vm_status(self, vm_id: str) -> VMStatus: ...
 
-    async def get_vm_url(self, vm_id: str) -> str | None: ...
+    async def get_vm_url(self, vm_id: str) -> str | None:
+        """Where the VM can be reached from the outside (e.g. a Fly app), or None."""
+        ...
 
     async def open_channel(self, vm_id: str) -> anyio.abc.ByteStream:
-        """A fresh byte stream to the guest agent in a running VM."""
+        """A fresh byte stream to the guest agent in a running VM.
+
+        A VM has at most one open channel: opening one closes the one before it, and the
+        commands started through that one are ended (``vm_drivers.kit.channels``).
+        """
         ...
 
     async def list_vms(self) -> list[VMInfo]:
@@ -182,3 +191,12 @@ class VMDriver(Protocol):
     async def aclose(self) -> None:
         """Release what the driver holds (processes, clients); VMs keep their state."""
         ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

@@ -1,33 +1,43 @@
 """One pydantic config per driver, joined in a tagged union on ``type``.
 
-Each config imports its driver only when ``build`` is called, so choosing ``local`` never imports
-the Docker SDK and a missing optional backend costs nothing until it is asked for.
+The registry imports a driver only when its config is built (``DRIVER_CLASSES``), so choosing
+``local`` never imports the Docker SDK and a missing optional backend costs nothing until it is
+asked for.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from guest_runtime.image.rootfs import IMAGE_VERSION
-from vm_drivers.base import DriverContext
-
-if TYPE_CHECKING:
-    from vm_drivers.base import VMDriver
 
 __all__ = [
     "DockerDriverConfig",
     "DockerTemplate",
     "DriverConfig",
     "LocalDriverConfig",
+    "ProcessDriverConfig",
     "parse_driver_config",
 ]
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ProcessDriverConfig(_Config):
+    """The guest agent as a plain subprocess: NO isolation; tests and development only."""
+
+    type: Literal["process"] = "process"
+    python: str | None = Field(
+        default=None, description="python3 that runs the agent; default: the server's own"
+    )
+    root_dir: Path | None = Field(
+        default=None, description="where workspaces and state live; default DATA_DIR/process"
+    )
 
 
 class LocalDriverConfig(_Config):
@@ -59,11 +69,6 @@ class LocalDriverConfig(_Config):
         description="host directories not visible in the sandbox (the rest of / is read-only); "
         "ProjectVM's own data directory is always hidden",
     )
-
-    def build(self, context: DriverContext) -> VMDriver:
-        from vm_drivers.local import LocalDriver
-
-        return LocalDriver(self, context)
 
 
 class DockerTemplate(_Config):
@@ -126,13 +131,10 @@ class DockerDriverConfig(_Config):
             raise ValueError("templates must include 'development' (the fallback)")
         return value
 
-    def build(self, context: DriverContext) -> VMDriver:
-        from vm_drivers.docker import DockerDriver
 
-        return DockerDriver(self, context)
-
-
-DriverConfig = Annotated[LocalDriverConfig | DockerDriverConfig, Field(discriminator="type")]
+DriverConfig = Annotated[
+    LocalDriverConfig | DockerDriverConfig | ProcessDriverConfig, Field(discriminator="type")
+]
 
 _ADAPTER: TypeAdapter[DriverConfig] = TypeAdapter(DriverConfig)
 

@@ -13,16 +13,13 @@ translated to the driver error tree here, at the boundary.
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import ssl
-import struct
 import tarfile
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import anyio
@@ -57,6 +54,11 @@ from vm_drivers.errors import (
     VMOperationFailed,
     VMResourceExhausted,
 )
+from vm_drivers.kit.channels import ChannelSlots
+from vm_drivers.kit.lifecycle import ClosingDriver
+from vm_drivers.kit.locks import KeyedLocks
+from vm_drivers.kit.naming import vm_id_for
+from vm_drivers.kit.streams import MultiplexedStream
 
 __all__ = ["ERROR_TRANSLATIONS", "DockerDriver", "translate_docker_error"]
 
@@ -66,6 +68,9 @@ WORKSPACE = "/workspace"
 AGENT_DIR = "/.projectvm"
 INIT_PATH = f"{AGENT_DIR}/init.pyz"
 LABEL_SPEC = "projectvm.spec"
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+# The Engine API version spoken: served by Docker 20.10+ and Podman 4+.
+API_VERSION = "1.41"
 ENGINE_HINT = (
     "start Docker (or `podman system service unix:///run/podman/podman.sock` with "
     "DOCKER_HOST=unix:///run/podman/podman.sock), or choose another driver"
@@ -128,59 +133,15 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-class _ExecChannel(anyio.abc.ByteStream):
-    """An attached exec's hijacked connection: raw stdin out, multiplexed stdout/stderr in.
-
-    Without a TTY the engine frames output as ``[stream, 0, 0, 0, size:u32be] payload``; stdout
-    frames are the protocol, stderr frames are the agent's log, kept for diagnostics.
-    """
-
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-        self.stderr_tail = b""
-
-    async def send(self, item: bytes) -> None:
-        await self._stream.send(item)
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def _fill(self, size: int) -> bool:
-        while len(self._buffer) < size:
-            try:
-                self._buffer += await self._stream.receive()
-            except anyio.EndOfStream:
-                return False
-        return True
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        while True:
-            if not await self._fill(8):
-                raise anyio.EndOfStream
-            kind, size = self._buffer[0], struct.unpack(">I", self._buffer[4:8])[0]
-            if not await self._fill(8 + size):
-                raise anyio.EndOfStream
-            payload = bytes(self._buffer[8 : 8 + size])
-            del self._buffer[: 8 + size]
-            if kind == 2:
-                self.stderr_tail = (self.stderr_tail + payload)[-4096:]
-                continue
-            if payload:
-                return payload
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-class DockerDriver:
+class DockerDriver(ClosingDriver):
     name: ClassVar[str] = "docker"
 
     def __init__(self, config: DockerDriverConfig, context: DriverContext) -> None:
         self.config = config
         self.context = context
         self._client: docker.DockerClient | None = None
-        self._locks: dict[str, anyio.Lock] = {}
+        self._lock = KeyedLocks()
+        self._channels = ChannelSlots()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -193,11 +154,37 @@ class DockerDriver:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
             raise translate_docker_error(err, action) from err
 
+    def _engine_socket(self) -> str | None:
+        """The unix socket the engine should answer on, if it is a unix one."""
+        url = self.config.base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+        for prefix in ("unix://", "http+unix://"):
+            if url.startswith(prefix):
+                return url[len(prefix) :]
+        return None
+
+    async def _check_engine_socket(self) -> None:
+        """Fail fast, and without leaking, when nothing listens on the engine's socket (the
+        docker SDK leaves such a failed socket open)."""
+        path = self._engine_socket()
+        if path is None:
+            return
+        try:
+            stream = await anyio.connect_unix(path)
+        except OSError as err:
+            raise DriverUnavailable(
+                "docker", f"no engine answers at unix://{path} ({err.strerror})", ENGINE_HINT
+            ) from err
+        await stream.aclose()
+
     async def client(self) -> docker.DockerClient:
         if self._client is None:
+            await self._check_engine_socket()
             options: dict[str, Any] = {
                 "timeout": int(self.config.api_timeout_s),
                 "max_pool_size": 32,
+                # A fixed API version: building the client does no I/O (version negotiation
+                # would connect, and leak the socket when no engine answers).
+                "version": API_VERSION,
             }
             if self.config.base_url:
                 options["base_url"] = self.config.base_url
@@ -214,9 +201,6 @@ class DockerDriver:
                     "docker", f"no engine answers at {where} ({err})", ENGINE_HINT
                 ) from err
         return self._client
-
-    def _lock(self, vm_id: str) -> anyio.Lock:
-        return self._locks.setdefault(vm_id, anyio.Lock())
 
     @staticmethod
     def _volume_name(vm_id: str) -> str:
@@ -329,7 +313,7 @@ class DockerDriver:
     # -- VMDriver -----------------------------------------------------------------------------
 
     async def create_project_vm(self, spec: VMSpec) -> VMCreationResult:
-        vm_id = f"pvm-{spec.project_id}"
+        vm_id = vm_id_for(spec.project_id)
         client = await self.client()
         image = spec.image or self.template(spec.project_type).image
         try:
@@ -389,6 +373,7 @@ class DockerDriver:
 
     async def stop_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
+            await self._channels.close(vm_id)
             container = await self._container(vm_id)
             if container is None:
                 if await self._volume_spec(vm_id) is None:
@@ -416,8 +401,9 @@ class DockerDriver:
 
     async def destroy_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
+            await self._channels.close(vm_id)
             await self._remove(vm_id)
-        self._locks.pop(vm_id, None)
+        self._lock.forget(vm_id)
 
     async def get_vm_status(self, vm_id: str) -> VMStatus:
         container = await self._container(vm_id)
@@ -446,6 +432,14 @@ class DockerDriver:
         return None
 
     async def open_channel(self, vm_id: str) -> anyio.abc.ByteStream:
+        async with self._lock(vm_id):
+            # One channel per VM: the last one's agent sees its stdin close and ends, killing
+            # the commands it started.
+            await self._channels.close(vm_id)
+            stream = await self._attach_agent(vm_id)
+            return await self._channels.replace(vm_id, stream)
+
+    async def _attach_agent(self, vm_id: str) -> anyio.abc.ByteStream:
         container = await self._container(vm_id)
         if container is None:
             raise GuestUnreachable(f"the container of VM {vm_id} does not exist; start it first")
@@ -472,7 +466,7 @@ class DockerDriver:
             exec_id["Id"],
             socket=True,
         )
-        return _ExecChannel(await self._socket_stream(raw))
+        return MultiplexedStream(await self._socket_stream(raw))
 
     async def _socket_stream(self, raw: Any) -> anyio.abc.SocketStream:
         sock = getattr(raw, "_sock", raw)
@@ -533,6 +527,7 @@ class DockerDriver:
             client = await self.client()
             version = await self._call("asking the engine its version", client.version)
         except DriverError as err:
+            await self._drop_client()
             return Availability(driver=self.name, usable=False, reason=str(err))
         components = version.get("Components") or [{}]
         product = components[0].get("Name") or version.get("Platform", {}).get("Name") or "engine"
@@ -558,68 +553,14 @@ class DockerDriver:
             driver=self.name, usable=True, reason=f"{engine} answers", details=details
         )
 
-    async def import_rootfs(
-        self, archive: Path, image: str, progress: Callable[[str], None] = lambda _: None
-    ) -> str:
-        """Import a root filesystem tar as ``image`` (``repo:tag``); returns the image id."""
-        client = await self.client()
-        repository, _, tag = image.rpartition(":")
-        size_mb = (await anyio.Path(archive).stat()).st_size / 1e6
-        progress(f"importing {archive.name} ({size_mb:.0f} MB) as {image}")
-        changes = [
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-            f"WORKDIR {WORKSPACE}",
-            'CMD ["/bin/bash"]',
-        ]
-        output = await self._call(
-            f"importing {image}",
-            client.api.import_image_from_file,
-            str(archive),
-            repository=repository,
-            tag=tag,
-            changes=changes,
-        )
-        image_id = None
-        for line in str(output).splitlines():
-            try:
-                status = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(status, dict):
-                continue
-            if status.get("errorDetail") or status.get("error"):
-                detail = status.get("errorDetail") or status.get("error")
-                raise VMCreationFailed(f"importing {image} failed: {detail}")
-            image_id = status.get("id") or image_id
-            if str(status.get("status", "")).startswith("sha256:"):
-                image_id = status["status"]
-        if image_id is None:
-            raise VMCreationFailed(f"importing {image}: the engine reported no image id")
-        # Some engines (Podman's compatible service) ignore the tag of an import: tag it here.
-        found = await self._call(f"looking up {image_id}", client.images.get, image_id)
-        await self._call(f"tagging {image}", found.tag, repository, tag)
-        if tag != "latest":
-            await self._drop_stray_latest(repository, str(found.id))
-        progress(f"imported {image} ({found.short_id})")
-        return str(found.id)
-
-    async def _drop_stray_latest(self, repository: str, image_id: str) -> None:
-        """Remove ``repository:latest`` if the import just put it on ``image_id`` unasked."""
-        client = await self.client()
-        try:
-            latest = await self._call("inspecting", client.images.get, f"{repository}:latest")
-        except (VMNotFound, VMCreationFailed):
-            return
-        if latest.id == image_id:
-            await self._call(
-                "untagging", client.images.remove, f"{repository}:latest", noprune=True
-            )
-
-    async def aclose(self) -> None:
+    async def _drop_client(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await anyio.to_thread.run_sync(client.close)
+
+    async def aclose(self) -> None:
+        await self._channels.close_all()
+        await self._drop_client()
 
 
 def _parse_time(value: Any) -> datetime | None:

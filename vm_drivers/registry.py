@@ -7,6 +7,7 @@ installed, else docker; elsewhere docker.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import typing
@@ -18,7 +19,29 @@ from vm_drivers.base import Availability, DriverContext, VMDriver
 from vm_drivers.config import DriverConfig, parse_driver_config
 from vm_drivers.errors import DriverConfigError, DriverUnavailable
 
-__all__ = ["DriverSet", "available_driver_names", "platform_preference"]
+__all__ = [
+    "DRIVER_CLASSES",
+    "DriverSet",
+    "available_driver_names",
+    "build_driver",
+    "platform_preference",
+]
+
+
+# Where each driver lives; imported on first use only.
+DRIVER_CLASSES: dict[str, str] = {
+    "local": "vm_drivers.local:LocalDriver",
+    "docker": "vm_drivers.docker:DockerDriver",
+    "process": "vm_drivers.process:ProcessDriver",
+}
+
+
+def build_driver(config: DriverConfig, context: DriverContext) -> VMDriver:
+    """The driver ``config`` is for, imported now if it was not yet."""
+    module_name, _, class_name = DRIVER_CLASSES[config.type].partition(":")
+    driver_class = getattr(importlib.import_module(module_name), class_name)
+    driver: VMDriver = driver_class(config, context)
+    return driver
 
 
 def available_driver_names() -> list[str]:
@@ -67,7 +90,7 @@ class DriverSet:
     def get(self, name: str) -> VMDriver:
         driver = self._drivers.get(name)
         if driver is None:
-            driver = self.config(name).build(self.context)
+            driver = build_driver(self.config(name), self.context)
             self._drivers[name] = driver
         return driver
 
@@ -82,14 +105,19 @@ class DriverSet:
             return Availability(driver=name, usable=False, reason=str(err))
 
     async def choose(self, requested: str = "auto", environment: str | None = None) -> str:
-        """The driver for new projects: ``requested`` itself, or the platform's best usable."""
-        if requested != "auto":
-            self.config(requested)
-            return requested
+        """The driver for new projects: ``requested`` itself (``--driver`` or config), else
+        what ``VM_SERVICE`` names, else the platform's best usable one. A driver asked for by
+        name must be usable here, or this fails saying which was asked for, where, and why."""
         if environment is None:
             environment = os.environ.get("VM_SERVICE") or None
+        if requested != "auto":
+            return await self._usable(requested, f"--driver {requested}")
+        if environment:
+            preference = platform_preference(environment=environment)
+            if len(preference) == 1:
+                return await self._usable(preference[0], f"VM_SERVICE={environment}")
         reasons = []
-        for name in platform_preference(environment=environment):
+        for name in platform_preference():
             availability = await self.probe(name)
             if availability.usable:
                 return name
@@ -99,6 +127,20 @@ class DriverSet:
             "no usable VM driver on this machine (" + "; ".join(reasons) + ")",
             "run `projectvm doctor` for details, or pick one with --driver",
         )
+
+    async def _usable(self, name: str, asked_by: str) -> str:
+        try:
+            self.config(name)
+        except DriverConfigError as err:
+            raise DriverConfigError(f"{asked_by}: {err}") from err
+        availability = await self.probe(name)
+        if not availability.usable:
+            raise DriverUnavailable(
+                name,
+                f"{availability.reason} (asked for by {asked_by})",
+                "run `projectvm doctor` to see what works here",
+            )
+        return name
 
     async def aclose(self) -> None:
         for driver in self._drivers.values():

@@ -40,23 +40,3 @@ class InvalidParams(GuestError):
 
     def __init__(self, message: str) -> None:
         super().__init__("invalid_params", message)
-
-
-def param(params: Dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    """Return ``params[name]`` checked against ``kind``, or ``default`` when absent or null."""
-    value = params.get(name)
-    if value is None:
-        return default
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidParams("parameter %r must be of type %s" % (name, kind.__name__))
-    return value
-
-
-def required(params: Dict[str, Any], name: str, kind: type) -> Any:
-    """Like :func:`param`, but a missing value is an error."""
-    value = param(params, name, kind)
-    if value is None:
-        raise InvalidParams("parameter %r is required" % name)
-    return value

@@ -23,7 +23,9 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
-from .errors import GuestError, InvalidParams, param
+from . import methods
+from .errors import GuestError, InvalidParams
+from .methods import ExecSignal, ExecStart, ExecStdin, ExecWait, parse
 from .paths import Workspace
 
 Notify = Callable[[str, Dict[str, Any]], Awaitable[None]]
@@ -100,41 +102,49 @@ class Execs:
 
     def handlers(self) -> Dict[str, Callable[[Dict[str, Any]], Awaitable[Dict[str, Any]]]]:
         return {
-            "exec.start": self.start,
-            "exec.stdin": self.stdin,
-            "exec.signal": self.signal,
-            "exec.wait": self.wait,
-            "exec.list": self.list,
+            methods.EXEC_START: self.start,
+            methods.EXEC_STDIN: self.stdin,
+            methods.EXEC_SIGNAL: self.signal,
+            methods.EXEC_WAIT: self.wait,
+            methods.EXEC_LIST: self.list,
         }
 
     async def start(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        command = params.get("command")
+        request = parse(ExecStart, params)
+        command = request.command
         if isinstance(command, str):
             if not command.strip():
                 raise InvalidParams("command is empty")
-            argv = [param(params, "shell", str) or _default_shell(), "-c", command]
-        elif isinstance(command, list) and command and all(isinstance(a, str) for a in command):
+            argv = [request.shell or _default_shell(), "-c", command]
+        elif command:
             argv = list(command)
         else:
             raise InvalidParams("command must be a shell string or a non-empty list of strings")
         if any("\x00" in arg for arg in argv):
             raise InvalidParams("command contains a NUL byte")
-        exec_id = param(params, "exec_id", str) or uuid.uuid4().hex
+        exec_id = request.exec_id or uuid.uuid4().hex
         if exec_id in self.running or exec_id in self.finished:
             raise GuestError("exists", "execution %r already exists" % exec_id)
-        timeout = param(params, "timeout_s", float)
+        timeout = request.timeout_s
         if timeout is not None and timeout <= 0:
             raise InvalidParams("timeout_s must be positive")
-        limit = param(params, "output_limit", int, DEFAULT_OUTPUT_LIMIT)
+        limit = DEFAULT_OUTPUT_LIMIT if request.output_limit is None else request.output_limit
         limit = max(0, min(limit, HARD_OUTPUT_LIMIT))
-        tail_limit = max(0, min(param(params, "tail_limit", int, 0), HARD_OUTPUT_LIMIT))
+        tail_limit = max(0, min(request.tail_limit or 0, HARD_OUTPUT_LIMIT))
         env = dict(os.environ)
-        extra_env = param(params, "env", dict, {})
-        for key, value in extra_env.items():
-            if not isinstance(value, str) or "=" in key or not key or "\x00" in key + value:
-                raise InvalidParams("env must map names without '=' to strings")
+        for key, value in (request.env or {}).items():
+            if not key or "=" in key or "\x00" in key:
+                raise InvalidParams(
+                    "environment variable name %r is not valid: names are non-empty and have "
+                    "no '=' or NUL" % key
+                )
+            if "\x00" in value:
+                raise InvalidParams(
+                    "the value of environment variable %s contains a NUL byte, which an "
+                    "environment cannot hold; remove it" % key
+                )
             env[key] = value
-        with self.workspace.resolve(param(params, "cwd", str, ".")) as res:
+        with self.workspace.resolve(request.cwd or ".") as res:
             st = res.lstat()
             if st is None:
                 raise GuestError("not_found", "working directory %r does not exist" % res.path)
@@ -144,9 +154,9 @@ class Execs:
                 )
             cwd = self.workspace.real_path(res)
         env["PWD"] = cwd
-        stdin_data = param(params, "stdin", str)
-        keep_stdin = param(params, "stdin_open", bool, False)
-        fsize_limit = param(params, "fsize_limit", int)
+        stdin_data = request.stdin
+        keep_stdin = request.stdin_open
+        fsize_limit = request.fsize_limit
         if fsize_limit is not None and fsize_limit < 0:
             raise InvalidParams("fsize_limit must not be negative")
 
@@ -222,7 +232,7 @@ class Execs:
             seq = ex.seq
             ex.seq += 1
             await self.notify(
-                "exec.output",
+                methods.EXEC_OUTPUT,
                 {
                     "exec_id": ex.exec_id,
                     "seq": seq,
@@ -249,7 +259,7 @@ class Execs:
             seq = ex.seq
             ex.seq += 1
             await self.notify(
-                "exec.output",
+                methods.EXEC_OUTPUT,
                 {
                     "exec_id": ex.exec_id,
                     "seq": seq,
@@ -304,11 +314,10 @@ class Execs:
             while len(self.finished) > KEEP_FINISHED:
                 self.finished.popitem(last=False)
             ex.done.set()
-            await self.notify("exec.exit", result)
+            await self.notify(methods.EXEC_EXIT, result)
 
-    def _get(self, params: Dict[str, Any]) -> Execution:
-        exec_id = param(params, "exec_id", str)
-        ex = self.running.get(exec_id or "")
+    def _get(self, exec_id: str) -> Execution:
+        ex = self.running.get(exec_id)
         if ex is None:
             if exec_id in self.finished:
                 raise GuestError("finished", "execution %r has already finished" % exec_id)
@@ -339,14 +348,16 @@ class Execs:
             pass  # the command closed its stdin early: its own business, as in a shell pipe
 
     async def stdin(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        ex = self._get(params)
-        data = base64.b64decode(param(params, "data", str, ""))
-        await self._feed(ex, data, eof=param(params, "eof", bool, False))
+        request = parse(ExecStdin, params)
+        ex = self._get(request.exec_id)
+        data = base64.b64decode(request.data)
+        await self._feed(ex, data, eof=request.eof)
         return {"exec_id": ex.exec_id, "written": len(data)}
 
     async def signal(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        ex = self._get(params)
-        name = params.get("signal", "KILL")
+        request = parse(ExecSignal, params)
+        ex = self._get(request.exec_id)
+        name = request.signal
         signum = SIGNALS.get(name) if isinstance(name, str) else name
         if not isinstance(signum, int):
             raise InvalidParams("signal must be one of %s or a number" % ", ".join(SIGNALS))
@@ -356,14 +367,13 @@ class Execs:
         return {"exec_id": ex.exec_id, "signalled": True}
 
     async def wait(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        exec_id = param(params, "exec_id", str)
+        request = parse(ExecWait, params)
+        exec_id = request.exec_id
         if exec_id in self.finished:
             return dict(self.finished[exec_id], finished=True)
-        ex = self._get(params)
+        ex = self._get(exec_id)
         try:
-            await asyncio.wait_for(
-                asyncio.shield(ex.done.wait()), param(params, "timeout_s", float)
-            )
+            await asyncio.wait_for(asyncio.shield(ex.done.wait()), request.timeout_s)
         except asyncio.TimeoutError:
             return {"exec_id": ex.exec_id, "finished": False}
         assert ex.result is not None

@@ -20,7 +20,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from .errors import GuestError, InvalidParams, param, required
+from . import methods
+from .errors import GuestError, InvalidParams
+from .methods import FsList, FsMkdir, FsMove, FsRead, FsRemove, FsSearch, FsStat, FsWrite, parse
 from .paths import DIR_FLAGS, Resolved, Workspace, not_found
 
 # Non-blocking so a FIFO (or a device) named like a file never hangs the open; cleared once
@@ -136,15 +138,15 @@ class Files:
 
     def handlers(self) -> Dict[str, Callable[[Dict[str, Any]], Any]]:
         return {
-            "fs.read": self._threaded(self.read),
-            "fs.write": self._threaded(self.write),
-            "fs.stat": self._threaded(self.stat),
-            "fs.list": self._threaded(self.list),
-            "fs.mkdir": self._threaded(self.mkdir),
-            "fs.move": self._threaded(self.move),
-            "fs.remove": self._threaded(self.remove),
-            "fs.search": self._threaded(self.search),
-            "fs.usage": self._threaded(self.usage),
+            methods.FS_READ: self._threaded(self.read),
+            methods.FS_WRITE: self._threaded(self.write),
+            methods.FS_STAT: self._threaded(self.stat),
+            methods.FS_LIST: self._threaded(self.list),
+            methods.FS_MKDIR: self._threaded(self.mkdir),
+            methods.FS_MOVE: self._threaded(self.move),
+            methods.FS_REMOVE: self._threaded(self.remove),
+            methods.FS_SEARCH: self._threaded(self.search),
+            methods.FS_USAGE: self._threaded(self.usage),
         }
 
     @staticmethod
@@ -166,12 +168,12 @@ class Files:
     # -- read ---------------------------------------------------------------------------------
 
     def read(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        path = required(params, "path", str)
-        offset = param(params, "offset", int, 0)
-        length = param(params, "length", int)
-        line_offset = param(params, "line_offset", int)
-        line_limit = param(params, "line_limit", int)
-        max_bytes = min(param(params, "max_bytes", int, DEFAULT_MAX_READ), HARD_MAX_READ)
+        request = parse(FsRead, params)
+        path, offset, length = request.path, request.offset, request.length
+        line_offset, line_limit = request.line_offset, request.line_limit
+        max_bytes = min(
+            DEFAULT_MAX_READ if request.max_bytes is None else request.max_bytes, HARD_MAX_READ
+        )
         if offset < 0 or (length is not None and length < 0):
             raise InvalidParams("offset and length must not be negative")
         if (line_offset is not None and line_offset < 0) or (
@@ -254,12 +256,9 @@ class Files:
     # -- write --------------------------------------------------------------------------------
 
     def write(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        path = required(params, "path", str)
-        encoded = required(params, "data", str)
-        if_match = param(params, "if_match", str)
-        create_parents = param(params, "create_parents", bool, True)
-        append = param(params, "append", bool, False)
-        mode = param(params, "mode", int)
+        request = parse(FsWrite, params)
+        path, encoded, if_match = request.path, request.data, request.if_match
+        create_parents, append, mode = request.create_parents, request.append, request.mode
         try:
             data = base64.b64decode(encoded, validate=True)
         except ValueError:
@@ -329,10 +328,10 @@ class Files:
     # -- metadata -----------------------------------------------------------------------------
 
     def stat(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        path = required(params, "path", str)
-        want_hash = param(params, "sha256", bool, False)
+        request = parse(FsStat, params)
+        path, want_hash = request.path, request.sha256
         try:
-            res = self.workspace.resolve(path, follow_final=param(params, "follow", bool, True))
+            res = self.workspace.resolve(path, follow_final=request.follow)
         except GuestError as err:
             if err.kind == "not_found":  # a missing parent directory: the path does not exist
                 return {"path": path, "exists": False}
@@ -348,10 +347,10 @@ class Files:
             return info
 
     def list(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        path = param(params, "path", str, ".")
-        recursive = param(params, "recursive", bool, False)
-        max_entries = max(1, min(param(params, "max_entries", int, 1000), 20000))
-        include_hidden = param(params, "include_hidden", bool, True)
+        request = parse(FsList, params)
+        path, recursive = request.path, request.recursive
+        max_entries = max(1, min(request.max_entries, 20000))
+        include_hidden = request.include_hidden
         entries: List[Dict[str, Any]] = []
         truncated = False
         with self.workspace.resolve(path) as res:
@@ -389,8 +388,8 @@ class Files:
     # -- mutations ----------------------------------------------------------------------------
 
     def mkdir(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        path = required(params, "path", str)
-        parents = param(params, "parents", bool, True)
+        request = parse(FsMkdir, params)
+        path, parents = request.path, request.parents
         with self._mutation, self.workspace.resolve(path, create_dirs=parents) as res:
             if res.name is None:
                 return {"path": res.path, "created": False}
@@ -405,9 +404,8 @@ class Files:
             return {"path": res.path, "created": True}
 
     def move(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        source = required(params, "source", str)
-        destination = required(params, "destination", str)
-        overwrite = param(params, "overwrite", bool, False)
+        request = parse(FsMove, params)
+        source, destination, overwrite = request.source, request.destination, request.overwrite
         with self._mutation, self.workspace.resolve(source, follow_final=False) as src:
             if src.name is None or src.lstat() is None:
                 raise (
@@ -429,10 +427,9 @@ class Files:
                 return {"source": src.path, "destination": dst.path}
 
     def remove(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        path = required(params, "path", str)
-        recursive = param(params, "recursive", bool, False)
-        missing_ok = param(params, "missing_ok", bool, False)
-        if_match = param(params, "if_match", str)
+        request = parse(FsRemove, params)
+        path, recursive, if_match = request.path, request.recursive, request.if_match
+        missing_ok = request.missing_ok
         with self._mutation, self.workspace.resolve(path, follow_final=False) as res:
             if res.name is None:
                 raise GuestError("invalid_path", "refusing to remove the workspace root")
@@ -465,12 +462,10 @@ class Files:
     # -- search -------------------------------------------------------------------------------
 
     def search(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        pattern = param(params, "pattern", str, "")
-        path = param(params, "path", str, ".")
-        use_regex = param(params, "regex", bool, False)
-        ignore_case = param(params, "ignore_case", bool, False)
-        glob = param(params, "glob", str)
-        max_results = max(1, min(param(params, "max_results", int, 200), 5000))
+        request = parse(FsSearch, params)
+        pattern, path, glob = request.pattern, request.path, request.glob
+        use_regex, ignore_case = request.regex, request.ignore_case
+        max_results = max(1, min(request.max_results, 5000))
         if not pattern and not glob:
             raise InvalidParams("give a pattern to search file contents, or a glob to match names")
         flags = re.IGNORECASE if ignore_case else 0

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from . import AGENT_VERSION, PROTOCOL_VERSION
+from . import AGENT_VERSION, PROTOCOL_VERSION, methods
 from .paths import Workspace
 
 
@@ -72,9 +72,9 @@ class System:
 
     def handlers(self) -> Dict[str, Callable[[Dict[str, Any]], Any]]:
         return {
-            "hello": self.hello,
-            "system.stats": self.stats,
-            "system.shutdown": self.shutdown,
+            methods.HELLO: self.hello,
+            methods.SYSTEM_STATS: self.stats,
+            methods.SYSTEM_SHUTDOWN: self.shutdown,
         }
 
     async def hello(self, params: Dict[str, Any]) -> Dict[str, Any]:

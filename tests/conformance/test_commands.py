@@ -54,7 +54,7 @@ async def test_a_cwd_outside_the_workspace_or_missing_is_refused(guest: GuestCli
 async def test_a_timeout_kills_the_whole_process_tree(guest: GuestClient) -> None:
     exit_info, _, _, _ = await run(guest, "sh -c 'sleep 100 & sleep 100'", timeout_s=2)
     assert exit_info.timed_out
-    assert 2000 <= exit_info.duration_ms < 10000
+    assert exit_info.duration_ms >= 2000  # never killed before its time
     _, listing, _, _ = await run(guest, LIST_PROCESSES)
     assert b"sleep 100" not in listing
 
@@ -115,17 +115,23 @@ async def test_input_can_be_fed_while_a_command_runs(guest: GuestClient) -> None
 
 
 async def test_commands_run_concurrently_on_one_channel(guest: GuestClient) -> None:
-    results: dict[int, bytes] = {}
+    """Each command waits until all eight have started: they can only finish together."""
+    results: dict[int, tuple[int | None, bytes]] = {}
+    await guest.mkdir("started")
 
     async def one(number: int) -> None:
-        _, out, _, _ = await run(guest, f"sleep 0.5; echo {number}")
-        results[number] = out
+        barrier = (
+            f"touch started/{number}; "
+            "while [ $(ls started | wc -l) -lt 8 ]; do sleep 0.01; done; "
+            f"echo {number}"
+        )
+        exit_info, out, _, _ = await run(guest, barrier, timeout_s=60)
+        results[number] = (exit_info.exit_code, out)
 
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as group:
-            for number in range(8):
-                group.start_soon(one, number)
-    assert results == {n: f"{n}\n".encode() for n in range(8)}
+    async with anyio.create_task_group() as group:
+        for number in range(8):
+            group.start_soon(one, number)
+    assert results == {n: (0, f"{n}\n".encode()) for n in range(8)}
 
 
 async def test_commands_run_with_the_workspace_as_home_and_cwd(guest: GuestClient) -> None:

@@ -152,7 +152,13 @@ async def test_stat_reports_type_size_and_hash(guest: GuestClient) -> None:
 
 
 async def test_many_mixed_calls_share_the_channel_concurrently(guest: GuestClient) -> None:
+    """A command waits on the same channel until all 40 files exist: it can only end if the
+    file calls were served while it ran."""
     seen: dict[int, bytes] = {}
+    await guest.mkdir("many")
+    waiter = await guest.start_exec(
+        "while [ $(ls many | wc -l) -lt 40 ]; do sleep 0.01; done; echo all-there", timeout_s=120
+    )
 
     async def one(number: int) -> None:
         data = f"{number}\n".encode() * (number + 1)
@@ -161,8 +167,11 @@ async def test_many_mixed_calls_share_the_channel_concurrently(guest: GuestClien
         listing = await guest.list_dir("many")
         assert f"many/{number}.txt" in {e.path for e in listing.entries}
 
-    with anyio.fail_after(120):
-        async with anyio.create_task_group() as group:
-            for number in range(40):
-                group.start_soon(one, number)
+    async with anyio.create_task_group() as group:
+        for number in range(40):
+            group.start_soon(one, number)
     assert seen == {n: f"{n}\n".encode() * (n + 1) for n in range(40)}
+    output = b"".join([getattr(event, "data", b"") async for event in waiter.events()])
+    assert output == b"all-there\n"
+    assert waiter.exit is not None
+    assert not waiter.exit.timed_out

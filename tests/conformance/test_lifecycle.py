@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from guest_runtime.client import GuestClient
@@ -12,6 +13,7 @@ from vm_drivers.errors import GuestUnreachable, VMNotFound
 from vm_drivers.registry import DriverSet
 
 from .conftest import TEST_LABEL, spec
+from .running import LIST_PROCESSES, run
 
 pytestmark = pytest.mark.anyio
 
@@ -73,11 +75,26 @@ async def test_a_new_driver_instance_finds_the_vm_and_its_files(
         await fresh.aclose()
 
 
-async def test_a_second_channel_replaces_or_joins_the_first(driver: VMDriver, vm: str) -> None:
+async def test_a_second_channel_closes_the_first_and_ends_its_commands(
+    driver: VMDriver, vm: str
+) -> None:
+    """The contract: one open channel per VM; a new one closes the old (its calls fail) and
+    the commands started through the old one are ended."""
     async with GuestClient(await driver.open_channel(vm)) as first:
         await first.write_file("a.txt", b"a")
-    async with GuestClient(await driver.open_channel(vm)) as second:
-        assert (await second.read_file("a.txt")).data == b"a"
+        handle = await first.start_exec("sleep 300 # started-through-the-first-channel")
+        async with GuestClient(await driver.open_channel(vm)) as second:
+            with anyio.fail_after(30):
+                await first.wait_closed()
+            with pytest.raises(GuestUnreachable):
+                async for _ in handle.events():
+                    pass
+            assert (await second.read_file("a.txt")).data == b"a"
+            with anyio.fail_after(30):
+                while True:
+                    _, listing, _, _ = await run(second, LIST_PROCESSES)
+                    if b"started-through-the-first-channel" not in listing:
+                        break
 
 
 async def test_unknown_vms_are_reported_as_not_found(driver: VMDriver) -> None:

@@ -11,8 +11,8 @@ import requests.exceptions
 from mcp import Client
 
 from guest_runtime.client import GuestClient
-from server.app import build_server
-from server.config import ServerConfig
+from server.domain.config import ServerConfig
+from server.surfaces.mcp.server import build_server
 from tests.conformance.conftest import spec
 from tests.helpers import call
 from vm_drivers.base import LABEL_PROJECT, LABEL_VM, VMStatus
@@ -200,7 +200,7 @@ async def test_egress_projects_get_the_bridge_network(docker_driver: DockerDrive
 async def test_a_file_survives_stop_container_recreation_and_a_server_restart(
     docker_config: ServerConfig, docker_driver: DockerDriver
 ) -> None:
-    from tests.mcp.servers import stdio_params
+    from tests.servers import stdio_params
 
     params = stdio_params(docker_config.data_dir, driver="docker")
     async with Client(params) as client:

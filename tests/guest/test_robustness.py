@@ -12,7 +12,7 @@ import pytest
 
 from guest_runtime.client import GuestClient
 from guest_runtime.errors import GuestUnreachable
-from server.errors import StoreBusy
+from server.domain.errors import StoreBusy
 from server.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -40,16 +40,23 @@ async def test_a_write_cancelled_while_waiting_for_the_database_leaves_it_usable
 ) -> None:
     path = tmp_path / "db.sqlite"
     async with await Store.open(path, busy_timeout_s=1) as store:
-        await store.ensure_agent("alice")
+        async with store.transaction():
+            await store.agents.ensure("alice")
         holder = sqlite3.connect(path)
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
-            with pytest.raises(StoreBusy, match="another ProjectVM process"):
+
+            async def add_bob_but_give_up() -> None:
                 with anyio.move_on_after(0.1):  # the caller gives up while BEGIN waits
-                    await store.ensure_agent("bob")
+                    async with store.transaction():
+                        await store.agents.ensure("bob")
+
+            with pytest.raises(StoreBusy, match="another ProjectVM process"):
+                await add_bob_but_give_up()
         finally:
             holder.rollback()
             holder.close()
-        await store.ensure_agent("carol")
-        assert {a.agent_id for a in await store.list_agents()} == {"alice", "carol"}
+        async with store.transaction():
+            await store.agents.ensure("carol")
+        assert {a.agent_id for a in await store.agents.list()} == {"alice", "carol"}
         assert await store.integrity_check() == "ok"

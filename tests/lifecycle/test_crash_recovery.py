@@ -2,64 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import Process
 from mcp import MCPError
 
-from server.auth import issue_token
-from server.models import ExecutionStatus, VMStatus
+from server.domain.models import ExecutionStatus, VMStatus
 from server.store import Store
-from tests.helpers import call
-from tests.mcp.servers import http_client
+from tests.helpers import call, issue_token
+from tests.servers import http_client, serve_process
 from vm_drivers.base import DriverContext
 from vm_drivers.registry import DriverSet
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def server_process(data_dir: Path) -> AsyncIterator[tuple[Process, str]]:
-    """`projectvm serve --http` as a real process; yields it and its MCP URL."""
-    process = await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "--data-dir",
-            str(data_dir),
-            "serve",
-            "--http",
-            "--port",
-            "0",
-            "--driver",
-            "local",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    try:
-        assert process.stderr is not None
-        seen = b""
-        with anyio.fail_after(60):
-            while b"/mcp" not in seen:
-                seen += await process.stderr.receive()
-        url = next(word for word in seen.decode().split() if word.startswith("http://"))
-        yield process, url
-    finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-            await process.aclose()
 
 
 async def test_a_killed_server_loses_nothing_acknowledged_and_reconciles_on_restart(
@@ -71,7 +27,7 @@ async def test_a_killed_server_loses_nothing_acknowledged_and_reconciles_on_rest
     acknowledged: list[str] = []
     written: dict[str, str] = {}
 
-    async with server_process(data_dir) as (process, url):
+    async with serve_process(data_dir) as (process, url):
         async with http_client(url, token) as client:
             kept = (await call(client, "create_project", name="kept"))["project_id"]
             doomed = await call(client, "create_project", name="vm will vanish")
@@ -126,7 +82,7 @@ async def test_a_killed_server_loses_nothing_acknowledged_and_reconciles_on_rest
     async with await Store.open(data_dir / "projectvm.db") as store:
         assert await store.integrity_check() == "ok"
 
-    async with server_process(data_dir) as (_, url), http_client(url, token) as client:
+    async with serve_process(data_dir) as (_, url), http_client(url, token) as client:
         history = await call(client, "get_execution_history", project_id=kept, limit=1000)
         by_id = {r["execution_id"]: r for r in history["executions"]}
         assert set(acknowledged) <= set(by_id)
@@ -144,10 +100,10 @@ async def test_a_killed_server_loses_nothing_acknowledged_and_reconciles_on_rest
 
     async with await Store.open(data_dir / "projectvm.db") as store:
         assert await store.integrity_check() == "ok"
-        for project in await store.list_projects():
+        for project in await store.projects.list():
             if project.vm_status == VMStatus.RUNNING:
                 assert project.vm_id is not None
-        stuck = await store.list_executions(
+        stuck = await store.executions.page(
             kept, statuses=[ExecutionStatus.RUNNING, ExecutionStatus.QUEUED], limit=1000
         )
         assert stuck == []

@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 
-from server.errors import ProjectNotRunning
-from server.models import VMStatus
-from server.service import ProjectService
+from server.core.requests import (
+    CreateProject,
+    DeleteProject,
+    ReadFile,
+    RunCommand,
+    StartProject,
+)
+from server.core.service import ProjectService
+from server.domain.errors import ProjectNotRunning
+from server.domain.models import VMStatus
 from server.store import Store
 from vm_drivers.base import DriverContext, VMCreationResult, VMDriver, VMSpec
 from vm_drivers.errors import DriverError, VMCreationFailed
@@ -65,10 +72,12 @@ async def service_with(data_dir: Path, requires_bwrap: None) -> AsyncIterator[An
 
 async def test_transient_creation_failures_are_retried(service_with: Any) -> None:
     service, flaky = await service_with(failures=2)
-    project = await service.create_project("alice", "flaky but fine")
+    project = await service.act("alice", CreateProject(name="flaky but fine"))
     assert flaky.attempts == 3
     assert project.status == VMStatus.RUNNING
-    result = await service.executions.run("alice", project.project_id, "echo ok")
+    result = await service.act(
+        "alice", RunCommand(project_id=project.project_id, command="echo ok")
+    )
     assert result.stdout == "ok\n"
 
 
@@ -77,15 +86,16 @@ async def test_persistent_failures_mark_the_project_failed_with_the_cause(
 ) -> None:
     service, flaky = await service_with(failures=10)
     with pytest.raises(DriverError, match="simulated backend hiccup #3"):
-        await service.create_project("alice", "doomed")
+        await service.act("alice", CreateProject(name="doomed"))
     assert flaky.attempts == 3
-    [project] = await service.store.list_projects()
+    [project] = await service.store.projects.list()
     assert project.vm_status == VMStatus.FAILED
     assert "simulated backend hiccup #3" in (project.vm_status_reason or "")
     with pytest.raises(ProjectNotRunning, match="start_project"):
-        await service.files.read("alice", project.project_id, "x")
+        await service.act("alice", ReadFile(project_id=project.project_id, path="x"))
     flaky.failures = 0
-    await service.lifecycle.start("alice", project.project_id)
-    assert (await service.executions.run("alice", project.project_id, "true")).exit_code == 0
-    deleted = await service.lifecycle.delete("alice", project.project_id)
+    await service.act("alice", StartProject(project_id=project.project_id))
+    ran = await service.act("alice", RunCommand(project_id=project.project_id, command="true"))
+    assert ran.exit_code == 0
+    deleted = await service.act("alice", DeleteProject(project_id=project.project_id))
     assert deleted.deleted

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 
 import anyio
 import pytest
 from mcp import Client
 
-from server.app import build_server
-from server.config import ServerConfig
-from server.models import VMStatus
-from server.service import ProjectService
+from server.core.requests import WriteFile
+from server.core.service import ProjectService
+from server.domain.config import ServerConfig
+from server.domain.models import VMStatus
+from server.surfaces.mcp.server import build_server
 from tests.helpers import call
 
 pytestmark = pytest.mark.anyio
@@ -22,8 +24,8 @@ async def wait_for_status(service: ProjectService, project_id: str, status: VMSt
     """Wait on the project's event feed (not a project call: calls count as activity)."""
     with anyio.fail_after(120):
         while True:
-            changed = service.events.changed(project_id)
-            project = await service.store.get_project(project_id)
+            changed = service.hub.changed(project_id)
+            project = await service.store.projects.get(project_id)
             assert project is not None
             if project.vm_status == status:
                 return
@@ -86,14 +88,77 @@ async def test_an_idle_project_sleeps_and_any_call_wakes_it_with_its_files(
 async def test_a_running_command_keeps_a_project_awake(driver_config: ServerConfig) -> None:
     handle = build_server(driver_config, transport="memory", agent="alice")
     async with Client(handle.mcp) as client:
+        assert handle.state is not None
+        service = handle.state.service
+        minutes = 0.02
         project_id = (
-            await call(client, "create_project", name="busy", settings={"auto_sleep_minutes": 0.02})
+            await call(
+                client, "create_project", name="busy", settings={"auto_sleep_minutes": minutes}
+            )
         )["project_id"]
         try:
-            result = await call(client, "run_command", project_id=project_id, command="sleep 3")
-            assert result["status"] == "completed"
-            assert handle.state is not None
-            events = await handle.state.service.store.list_events(project_id)
-            assert "vm.slept" not in [e.kind for e in events]
+            # A command that runs until the test lets it end (no timing involved).
+            started = await call(
+                client,
+                "run_command",
+                project_id=project_id,
+                command="while [ ! -e release ]; do sleep 0.05; done",
+                wait_s=0,
+            )
+            assert started["status"] == "running"
+            idle_deadline = time.monotonic() + minutes * 60
+            # Every project due by the deadline has been looked at by the sleeper, after it.
+            with anyio.fail_after(60):
+                await service.sleeper.wait_for_round(started_after=idle_deadline)
+            project = await service.store.projects.get(project_id)
+            assert project is not None
+            assert project.vm_status == VMStatus.RUNNING
+            kinds = [e.kind for e in await service.store.events.after(project_id, 0, 1000)]
+            assert "vm.slept" not in kinds
+            # Once the command ends, nothing keeps the project awake any more.
+            await service.act("alice", WriteFile(project_id=project_id, path="release", content=""))
+            await wait_for_status(service, project_id, VMStatus.STOPPED)
+        finally:
+            await call(client, "delete_project", project_id=project_id)
+
+
+async def test_watching_a_project_does_not_keep_it_awake(driver_config: ServerConfig) -> None:
+    """Reading metadata, history and events is not activity: a dashboard polling a project
+    (here: as fast as it can) and a reviewer long-polling its events never stop it sleeping."""
+    handle = build_server(driver_config, transport="memory", agent="alice")
+    async with Client(handle.mcp) as client:
+        project_id = (
+            await call(
+                client, "create_project", name="watched", settings={"auto_sleep_minutes": 0.05}
+            )
+        )["project_id"]
+        polls = 0
+        try:
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as group:
+
+                    async def long_poll_events() -> None:
+                        since = 0
+                        while True:
+                            got = await call(
+                                client,
+                                "get_events",
+                                project_id=project_id,
+                                since_id=since,
+                                wait_s=5,
+                            )
+                            since = got["last_event_id"]
+
+                    group.start_soon(long_poll_events)
+                    while True:
+                        info = await call(client, "get_project", project_id=project_id)
+                        await call(client, "get_execution_history", project_id=project_id)
+                        await call(client, "list_members", project_id=project_id)
+                        polls += 1
+                        if info["status"] == "stopped":
+                            break
+                    group.cancel_scope.cancel()
+            assert "asleep" in info["status_reason"]
+            assert polls > 3
         finally:
             await call(client, "delete_project", project_id=project_id)

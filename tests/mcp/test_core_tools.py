@@ -10,7 +10,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.app import ServerHandle
+from server.surfaces.mcp.server import ServerHandle
 from tests.helpers import call, call_error, eventually
 
 pytestmark = pytest.mark.anyio
@@ -241,7 +241,7 @@ async def test_every_run_leaves_an_attributed_execution_record(alice: Alice) -> 
         assert record["completed_at"]
         assert record["status"] == "completed"
     assert handle.state is not None
-    stored = await handle.state.service.store.list_executions(project_id)
+    stored = await handle.state.service.store.executions.page(project_id)
     assert {e.execution_id for e in stored} == {r["execution_id"] for r in records}
 
 

@@ -6,7 +6,8 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.app import ServerHandle
+from server.core.requests import WriteFile
+from server.surfaces.mcp.server import ServerHandle
 from tests.helpers import call, call_error, eventually
 
 pytestmark = pytest.mark.anyio
@@ -129,21 +130,30 @@ async def test_queued_and_running_commands_can_be_listed_and_cancelled(alice: Al
 
 
 async def test_progress_is_reported_while_a_command_runs(alice: Alice) -> None:
-    client, _ = alice
+    """The command runs until a progress message has reached the client; then it is let go."""
+    client, handle = alice
     project_id = await project(client)
     updates: list[str] = []
+    assert handle.state is not None
+    service = handle.state.service
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         updates.append(message or "")
+        if len(updates) == 1:
+            await service.act("alice", WriteFile(project_id=project_id, path="go", content=""))
 
     result = await client.call_tool(
         "run_command",
-        {"project_id": project_id, "command": "echo one; sleep 1.5; echo two"},
+        {
+            "project_id": project_id,
+            "command": "echo one; while [ ! -e go ]; do sleep 0.01; done; echo two",
+        },
         progress_callback=on_progress,
     )
     assert not result.is_error
-    assert updates
-    assert any(message.startswith("running") for message in updates)
+    assert result.structured_content is not None
+    assert result.structured_content["stdout"] == "one\ntwo\n"
+    assert updates[0].startswith("running")
 
 
 async def test_cancelling_the_request_kills_the_command(alice: Alice) -> None:

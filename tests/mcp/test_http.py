@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.auth import issue_token
-from server.config import ServerConfig
+from server.domain.config import ServerConfig
 from server.store import Store
-from tests.helpers import call, call_error
-
-from .servers import http_client, http_server, raw_http
+from tests.helpers import call, call_error, issue_token
+from tests.servers import http_client, http_server, raw_http
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.app import ServerHandle
+from server.surfaces.mcp.server import ServerHandle
 from tests.helpers import call, call_error
 
 pytestmark = pytest.mark.anyio
@@ -44,21 +44,21 @@ async def test_a_fifo_in_the_workspace_does_not_hang_file_calls(alice: Alice) ->
     client, _ = alice
     project_id = await project(client)
     await call(client, "run_command", project_id=project_id, command="mkfifo pipe")
-    with anyio.fail_after(30):
-        error = await call_error(client, "read_file", project_id=project_id, path="pipe")
-        assert "not a regular file" in error
-        error = await call_error(
-            client, "write_file", project_id=project_id, path="pipe", content="x", if_match="absent"
-        )
-        error = await call_error(
-            client,
-            "edit_file",
-            project_id=project_id,
-            path="pipe",
-            edits=[{"old_text": "a", "new_text": "b"}],
-        )
-        assert "not a regular file" in error
-        await call(client, "write_file", project_id=project_id, path="other.txt", content="ok")
+    # Each call must return: the per-test timeout fails a hang.
+    error = await call_error(client, "read_file", project_id=project_id, path="pipe")
+    assert "not a regular file" in error
+    error = await call_error(
+        client, "write_file", project_id=project_id, path="pipe", content="x", if_match="absent"
+    )
+    error = await call_error(
+        client,
+        "edit_file",
+        project_id=project_id,
+        path="pipe",
+        edits=[{"old_text": "a", "new_text": "b"}],
+    )
+    assert "not a regular file" in error
+    await call(client, "write_file", project_id=project_id, path="other.txt", content="ok")
 
 
 async def test_commands_cannot_forge_messages_on_the_agents_channel(alice: Alice) -> None:

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from mcp import Client
 
-from server.app import ServerHandle, build_server
-from server.config import ServerConfig
+from server.domain.config import ServerConfig
+from server.surfaces.mcp.server import ServerHandle, build_server
 from tests.helpers import call, call_error, eventually
 
 pytestmark = pytest.mark.anyio
@@ -22,7 +22,7 @@ async def pair(local_config: ServerConfig) -> AsyncIterator[tuple[Client, Client
     first = build_server(local_config, transport="memory", agent="alice")
     async with Client(first.mcp) as alice:
         assert first.state is not None
-        await first.state.service.ensure_agent("bob")
+        await first.state.service.agents.ensure("bob")
         project_id = (await call(alice, "create_project", name="shared"))["project_id"]
         await call(
             alice, "assign_agent", project_id=project_id, agent_id="bob", access_level="read_write"

@@ -8,8 +8,7 @@ import pytest
 from mcp import Client
 
 from tests.helpers import call
-
-from .servers import peak_rss_kib, processes_with, stdio_params
+from tests.servers import peak_rss_kib, processes_with, stdio_params
 
 pytestmark = pytest.mark.anyio
 

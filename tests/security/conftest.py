@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from mcp import Client
 
-from server.app import ServerHandle, build_server
-from server.config import ServerConfig
+from server.domain.config import ServerConfig
+from server.surfaces.mcp.server import ServerHandle, build_server
 from tests.helpers import call
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
+from mcp import MCPError
 
-from server.auth import issue_token
-from server.config import ServerConfig
+from server.domain.config import ServerConfig
 from server.store import Store
-from tests.helpers import call, call_error
-from tests.mcp.servers import http_client, http_server, raw_http
+from tests.helpers import call, call_error, issue_token
+from tests.servers import http_client, http_server, raw_http
 
 pytestmark = pytest.mark.anyio
 
@@ -149,5 +150,32 @@ async def test_a_read_only_member_is_refused_every_mutating_tool(
                 "carol": "read_only",
             }
             await call(alice, "cancel_execution", execution_id=running["execution_id"])
+        finally:
+            await call(alice, "delete_project", project_id=project_id)
+
+
+async def test_a_stranger_cannot_listen_to_another_projects_event_feed(
+    url: str, tokens: dict[str, str]
+) -> None:
+    async with http_client(url, tokens["alice"]) as alice, http_client(url, tokens["bob"]) as bob:
+        project_id = (await call(alice, "create_project", name="private feed"))["project_id"]
+        try:
+            uri = f"project://{project_id}/events"
+
+            async def listen_as_bob() -> None:
+                with anyio.fail_after(30):  # a listen that is let through waits for updates
+                    async with bob.listen(resource_subscriptions=[uri]) as listener:
+                        async for _ in listener:
+                            break
+
+            with pytest.raises(MCPError, match="cannot listen to"):
+                await listen_as_bob()
+            # A member may listen (and hears of a change).
+            async with alice.listen(resource_subscriptions=[uri]) as listener:
+                await call(alice, "write_file", project_id=project_id, path="x", content="x")
+                with anyio.fail_after(30):
+                    async for update in listener:
+                        assert getattr(update, "uri", None) == uri
+                        break
         finally:
             await call(alice, "delete_project", project_id=project_id)

@@ -10,10 +10,10 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client
 
-from server.app import ServerHandle
-from server.config import ServerConfig
+from server.domain.config import ServerConfig
+from server.surfaces.mcp.server import ServerHandle
 from tests.helpers import call, call_error
-from tests.mcp.servers import peak_rss_kib, processes_with, stdio_params
+from tests.servers import peak_rss_kib, processes_with, stdio_params
 from vm_drivers.base import DriverContext
 from vm_drivers.registry import DriverSet
 

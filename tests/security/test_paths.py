@@ -6,7 +6,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.app import ServerHandle
+from server.surfaces.mcp.server import ServerHandle
 from tests.helpers import call, call_error
 
 pytestmark = pytest.mark.anyio

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from vm_drivers.base import DriverContext, VMDriver
 from vm_drivers.config import DriverConfig, parse_driver_config
-from vm_drivers.registry import available_driver_names, platform_preference
+from vm_drivers.registry import (
+    DRIVER_CLASSES,
+    available_driver_names,
+    build_driver,
+    platform_preference,
+)
 
 
 def union_members() -> tuple[type, ...]:
@@ -51,3 +58,19 @@ def test_platform_preference_follows_the_seed(
     system: str, environment: str | None, expected: list[str]
 ) -> None:
     assert platform_preference(system, environment) == expected
+
+
+def test_every_driver_config_has_a_driver_to_build_and_it_follows_the_contract(
+    tmp_path: Path,
+) -> None:
+    assert set(DRIVER_CLASSES) == set(available_driver_names())
+    context = DriverContext.for_data_dir(tmp_path)
+    for name in available_driver_names():
+        driver = build_driver(parse_driver_config({"type": name}), context)
+        assert driver.name == name
+        assert isinstance(driver, VMDriver)
+
+
+def test_the_process_driver_is_never_chosen_automatically() -> None:
+    for system in ("Linux", "Darwin", "Windows"):
+        assert "process" not in platform_preference(system)

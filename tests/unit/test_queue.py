@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from server.queue import ExecutionQueue, Ticket
+from server.core.queue import ExecutionQueue, Ticket
 
 
 def granted(queue: ExecutionQueue) -> list[str]:

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from server.liveness import this_server_id
-from server.models import Execution, ExecutionStatus, Project, ProjectType, VMStatus
-from server.store import SCHEMA_VERSION, Store, utcnow
+from server.core.liveness import this_server_id
+from server.domain.models import (
+    AccessLevel,
+    Execution,
+    ExecutionStatus,
+    PathLock,
+    Project,
+    ProjectType,
+    VMStatus,
+)
+from server.store import SCHEMA_VERSION, Store, StoreTransactionError, utcnow
 
 pytestmark = pytest.mark.anyio
 
@@ -42,9 +50,16 @@ def execution(execution_id: str, project_id: str = "prj_1") -> Execution:
     )
 
 
+async def with_project(store: Store) -> None:
+    async with store.transaction():
+        await store.agents.ensure("alice")
+        await store.projects.insert(project())
+        await store.members.set("prj_1", "alice", AccessLevel.ADMIN, "alice")
+
+
 async def test_a_new_database_has_every_table_wal_and_full_sync(tmp_path: Path) -> None:
     async with await Store.open(tmp_path / "db.sqlite") as store:
-        assert await store.schema_version() == SCHEMA_VERSION
+        assert await store.db.schema_version() == SCHEMA_VERSION
         assert await store.integrity_check() == "ok"
     with sqlite3.connect(tmp_path / "db.sqlite") as raw:
         tables = {
@@ -57,6 +72,7 @@ async def test_a_new_database_has_every_table_wal_and_full_sync(tmp_path: Path) 
             "project_agents",
             "project_executions",
             "events",
+            "path_locks",
             "schema_version",
         } <= tables
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -65,11 +81,10 @@ async def test_a_new_database_has_every_table_wal_and_full_sync(tmp_path: Path) 
 async def test_reopening_keeps_data_and_does_not_migrate_twice(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     async with await Store.open(path) as store:
-        await store.ensure_agent("alice")
-        await store.insert_project(project())
+        await with_project(store)
     async with await Store.open(path) as store:
-        assert await store.schema_version() == SCHEMA_VERSION
-        loaded = await store.get_project("prj_1")
+        assert await store.db.schema_version() == SCHEMA_VERSION
+        loaded = await store.projects.get("prj_1")
         assert loaded is not None
         assert loaded.agents == ["alice"]
 
@@ -84,12 +99,34 @@ async def test_a_database_from_a_newer_projectvm_is_refused(tmp_path: Path) -> N
         await Store.open(path)
 
 
-async def test_executions_are_recorded_and_finished(tmp_path: Path) -> None:
+async def test_a_write_outside_a_transaction_is_refused(tmp_path: Path) -> None:
     async with await Store.open(tmp_path / "db.sqlite") as store:
-        await store.ensure_agent("alice")
-        await store.insert_project(project())
-        await store.insert_execution(execution("exe_1"), this_server_id())
-        running = await store.get_execution("exe_1")
+        with pytest.raises(StoreTransactionError, match="outside a transaction"):
+            await store.agents.ensure("alice")
+        assert await store.agents.get("alice") is None
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "db.sqlite") as store:
+
+        async def fail_half_way() -> None:
+            async with store.transaction():
+                await store.agents.ensure("alice")
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            await fail_half_way()
+        assert await store.agents.get("alice") is None
+
+
+async def test_executions_are_recorded_and_finished_and_no_event_is_written_for_them(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(tmp_path / "db.sqlite") as store:
+        await with_project(store)
+        async with store.transaction():
+            await store.executions.insert(execution("exe_1"), this_server_id())
+        running = await store.executions.get("exe_1")
         assert running is not None
         assert running.status == ExecutionStatus.RUNNING
         done = running.model_copy(
@@ -101,46 +138,61 @@ async def test_executions_are_recorded_and_finished(tmp_path: Path) -> None:
                 "duration_ms": 1000,
             }
         )
-        await store.finish_execution(done)
-        [listed] = await store.list_executions("prj_1")
+        async with store.transaction():
+            await store.executions.finish(done)
+        [listed] = await store.executions.page("prj_1")
         assert (listed.status, listed.exit_code, listed.output) == (
             ExecutionStatus.COMPLETED,
             3,
             "hi\n",
         )
-        kinds = [e.kind for e in await store.list_events("prj_1")]
-        assert kinds == [
-            "project.created",
-            "execution.queued",
-            "execution.started",
-            "execution.finished",
-        ]
+        [without] = await store.executions.page("prj_1", include_output=False)
+        assert (without.output, without.error_output, without.exit_code) == (None, None, 3)
+        # The store records what it is told, nothing more: events are the caller's to write.
+        assert await store.events.after("prj_1") == []
 
 
-async def test_only_executions_of_dead_servers_are_marked_interrupted(tmp_path: Path) -> None:
+async def test_executions_are_paged_by_their_position_in_either_order(tmp_path: Path) -> None:
     async with await Store.open(tmp_path / "db.sqlite") as store:
-        await store.ensure_agent("alice")
-        await store.insert_project(project())
-        await store.insert_execution(execution("exe_mine"), this_server_id())
-        await store.insert_execution(execution("exe_gone"), "somehost:1:1")
-        count = await store.interrupt_orphaned_executions(
-            "server went away", lambda server: server == this_server_id()
+        await with_project(store)
+        async with store.transaction():
+            for number in range(7):
+                await store.executions.insert(execution(f"exe_{number}"), this_server_id())
+        newest = await store.executions.page("prj_1", limit=3)
+        assert [e.execution_id for e in newest] == ["exe_6", "exe_5", "exe_4"]
+        older = await store.executions.page("prj_1", before_seq=newest[-1].seq, limit=3)
+        assert [e.execution_id for e in older] == ["exe_3", "exe_2", "exe_1"]
+        oldest = await store.executions.page("prj_1", order="oldest_first", after_seq=4)
+        assert [e.execution_id for e in oldest] == ["exe_4", "exe_5", "exe_6"]
+
+
+async def test_reading_locks_leaves_expired_ones_in_place_until_purged(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "db.sqlite") as store:
+        await with_project(store)
+        now = utcnow()
+        expired = PathLock(
+            path="a", agent_id="alice", acquired_at=now, expires_at=now - timedelta(seconds=1)
         )
-        assert count == 1
-        gone = await store.get_execution("exe_gone")
-        mine = await store.get_execution("exe_mine")
-        assert gone is not None
-        assert mine is not None
-        assert gone.status == ExecutionStatus.INTERRUPTED
-        assert gone.reason == "server went away"
-        assert mine.status == ExecutionStatus.RUNNING
+        live = PathLock(
+            path="b", agent_id="alice", acquired_at=now, expires_at=now + timedelta(hours=1)
+        )
+        async with store.transaction():
+            await store.locks.put("prj_1", expired)
+            await store.locks.put("prj_1", live)
+        assert [lock.path for lock in await store.locks.live("prj_1", utcnow())] == ["b"]
+        with sqlite3.connect(store.path) as raw:
+            assert raw.execute("SELECT COUNT(*) FROM path_locks").fetchone()[0] == 2
+        async with store.transaction():
+            await store.locks.purge_expired("prj_1", utcnow())
+        with sqlite3.connect(store.path) as raw:
+            assert raw.execute("SELECT COUNT(*) FROM path_locks").fetchone()[0] == 1
 
 
 async def test_executions_outlive_their_project(tmp_path: Path) -> None:
     async with await Store.open(tmp_path / "db.sqlite") as store:
-        await store.ensure_agent("alice")
-        await store.insert_project(project())
-        await store.insert_execution(execution("exe_1"), this_server_id())
-        await store.delete_project("prj_1", "alice")
-        assert await store.get_project("prj_1") is None
-        assert await store.get_execution("exe_1") is not None
+        await with_project(store)
+        async with store.transaction():
+            await store.executions.insert(execution("exe_1"), this_server_id())
+            await store.projects.delete("prj_1")
+        assert await store.projects.get("prj_1") is None
+        assert await store.executions.get("exe_1") is not None

@@ -1,0 +1,5 @@
+"""The ``projectvm`` command line."""
+
+from server.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,328 @@
+"""File operations on a project's workspace, safe for several agents at once.
+
+Reads go straight to the guest. Writes, edits, moves and deletes take the project's mutation
+lock, check advisory path locks, and honour ``if_match`` (compare-and-swap in the guest); a
+stale ``if_match`` fails with a conflict that names the current sha256 and who changed the file
+last. The event recording a change is committed before the next write of the project starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Literal
+
+import anyio
+
+from guest_runtime.client import GuestClient
+from guest_runtime.errors import WriteConflict
+from guest_runtime.protocol import WriteResult
+from server.core.access import Grant
+from server.core.caller import Caller
+from server.core.edits import apply_edits, unified_diff
+from server.core.gate import Gate
+from server.core.journal import Journal
+from server.core.lifecycle import Lifecycle
+from server.core.path_locks import PathLockTable
+from server.core.requests import (
+    DeletePath,
+    EditFile,
+    ListFiles,
+    MovePath,
+    ReadFile,
+    SearchFiles,
+    WriteFile,
+)
+from server.core.results import (
+    EditResult,
+    FileEntry,
+    FileList,
+    FileRead,
+    FileWrite,
+    MoveResult,
+    PathRemoval,
+    SearchHit,
+    SearchResults,
+)
+from server.core.runtime import Runtimes
+from server.core.storage import StorageGuard
+from server.domain.config import Limits
+from server.domain.errors import Conflict, InvalidInput, LimitExceeded
+from server.domain.events import FileDeleted, FileEdited, FileMoved, FileWritten
+from server.domain.models import Project
+from server.store import Store
+
+__all__ = ["Files"]
+
+
+class Files:
+    def __init__(
+        self,
+        store: Store,
+        journal: Journal,
+        gate: Gate,
+        lifecycle: Lifecycle,
+        runtimes: Runtimes,
+        storage: StorageGuard,
+        locks: PathLockTable,
+        limits: Limits,
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._gate = gate
+        self._lifecycle = lifecycle
+        self._runtimes = runtimes
+        self._storage = storage
+        self._locks = locks
+        self._limits = limits
+
+    async def _open(self, caller: Caller, project_id: str) -> tuple[Grant, GuestClient]:
+        grant = await self._gate.admit(caller, project_id)
+        return grant, await self._lifecycle.client(grant.project, caller.report)
+
+    async def _conflict(self, project_id: str, err: WriteConflict) -> Conflict:
+        path = str(err.data.get("path", ""))
+        last = await self._store.events.last_for_path(project_id, path)
+        who = f"; last changed by {last.agent_id} at {last.created_at.isoformat()}" if last else ""
+        return Conflict(
+            f"{path} changed since you read it: it now has sha256 "
+            f"{err.current_sha256 or 'absent (deleted)'}{who}. Read it again, then retry with "
+            "the new sha256 as if_match",
+            current_sha256=err.current_sha256,
+            changed_by=last.agent_id if last else None,
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self, caller: Caller, request: ReadFile) -> FileRead:
+        grant, client = await self._open(caller, request.project_id)
+        max_bytes = self._limits.max_file_bytes
+        offset, limit, path = request.offset, request.limit, request.path
+        if request.encoding == "base64":
+            start = offset or 0
+            if start < 0 or (limit is not None and limit < 0):
+                raise InvalidInput("offset and limit must not be negative")
+            data = await client.read_file(path, offset=start, length=limit, max_bytes=max_bytes)
+            return FileRead(
+                project_id=grant.project_id,
+                path=data.path,
+                content=base64.b64encode(data.data).decode(),
+                encoding="base64",
+                sha256=data.sha256,
+                size=data.size,
+                offset=start,
+                truncated=not data.eof,
+            )
+        first_line = 1 if offset is None else offset
+        if first_line < 1 or (limit is not None and limit < 1):
+            raise InvalidInput("offset is a line number counting from 1; limit must be >= 1")
+        data = await client.read_file(
+            path, line_offset=first_line - 1, line_limit=limit, max_bytes=max_bytes
+        )
+        used: Literal["utf-8", "base64"]
+        try:
+            content, used = data.data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            if request.encoding == "utf-8":
+                raise InvalidInput(
+                    f"{data.path} is not valid UTF-8; read it with encoding='base64'"
+                ) from None
+            content, used = base64.b64encode(data.data).decode(), "base64"
+        return FileRead(
+            project_id=grant.project_id,
+            path=data.path,
+            content=content,
+            encoding=used,
+            sha256=data.sha256,
+            size=data.size,
+            offset=first_line,
+            total_lines=data.total_lines,
+            lines_returned=data.line_count,
+            truncated=not data.eof,
+        )
+
+    async def list(self, caller: Caller, request: ListFiles) -> FileList:
+        grant, client = await self._open(caller, request.project_id)
+        listing = await client.list_dir(
+            request.path,
+            recursive=request.recursive,
+            include_hidden=request.include_hidden,
+            max_entries=request.max_entries,
+        )
+        entries = [
+            FileEntry(
+                path=entry.path,
+                type=entry.type,
+                size=entry.size,
+                modified_at=datetime.fromtimestamp(entry.mtime, UTC),
+            )
+            for entry in listing.entries
+        ]
+        return FileList(
+            project_id=grant.project_id,
+            path=listing.path,
+            entries=entries,
+            truncated=listing.truncated,
+        )
+
+    async def search(self, caller: Caller, request: SearchFiles) -> SearchResults:
+        grant, client = await self._open(caller, request.project_id)
+        found = await client.search(
+            request.pattern,
+            path=request.path,
+            regex=request.regex,
+            ignore_case=request.ignore_case,
+            glob=request.glob,
+            max_results=request.max_results,
+        )
+        return SearchResults(
+            project_id=grant.project_id,
+            matches=[SearchHit(path=m.path, line=m.line, text=m.text) for m in found.matches],
+            files_scanned=found.files_scanned,
+            truncated=found.truncated,
+        )
+
+    # -- changing -----------------------------------------------------------------------------
+
+    async def _put(
+        self,
+        project: Project,
+        client: GuestClient,
+        path: str,
+        data: bytes,
+        if_match: str | None,
+        append: bool,
+    ) -> WriteResult:
+        """Write within the storage limit; a stale ``if_match`` becomes a named conflict.
+        (The caller holds the project's mutation lock and records the event.)"""
+        await self._storage.check_write(project, client, path, len(data), append)
+        try:
+            written = await client.write_file(path, data, if_match=if_match, append=append)
+        except WriteConflict as err:
+            raise await self._conflict(project.project_id, err) from err
+        self._storage.wrote(project.project_id, written.previous_size, written.size)
+        return written
+
+    def _decode(self, content: str, encoding: str) -> bytes:
+        if encoding == "base64":
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidInput("content is not valid base64") from None
+        elif encoding in ("utf-8", "utf8", "text"):
+            data = content.encode("utf-8")
+        else:
+            raise InvalidInput(f"encoding must be 'utf-8' or 'base64', not {encoding!r}")
+        limit = self._limits.max_file_bytes
+        if len(data) > limit:
+            raise LimitExceeded(
+                f"the content is {len(data)} bytes; one write takes at most {limit} bytes. "
+                "Write it in parts with append, or produce it inside the VM with run_command"
+            )
+        return data
+
+    async def write(self, caller: Caller, request: WriteFile) -> FileWrite:
+        data = self._decode(request.content, request.encoding)
+        grant, client = await self._open(caller, request.project_id)
+        project_id = grant.project_id
+        async with self._runtimes.of(project_id).mutation:
+            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            written = await self._put(
+                grant.project, client, request.path, data, request.if_match, request.append
+            )
+            await self._journal.record(
+                project_id,
+                caller.agent_id,
+                FileWritten(path=written.path, sha256=written.sha256, size=written.size),
+            )
+        return FileWrite(
+            project_id=project_id,
+            path=written.path,
+            sha256=written.sha256,
+            size=written.size,
+            created=written.created,
+        )
+
+    async def edit(self, caller: Caller, request: EditFile) -> EditResult:
+        if not request.edits:
+            raise InvalidInput("edits is empty; give at least one {old_text, new_text}")
+        grant, client = await self._open(caller, request.project_id)
+        project_id = grant.project_id
+        async with self._runtimes.of(project_id).mutation:
+            if not request.dry_run:
+                await self._locks.check_write(project_id, caller.agent_id, request.path)
+            limit = self._limits.max_file_bytes
+            current = await client.read_file(request.path, max_bytes=limit)
+            if not current.eof:
+                raise LimitExceeded(f"{current.path} is larger than {limit} bytes")
+            if request.if_match is not None and request.if_match != current.sha256:
+                raise await self._conflict(
+                    project_id,
+                    WriteConflict(
+                        "stale if_match", {"path": current.path, "current_sha256": current.sha256}
+                    ),
+                )
+            try:
+                before = current.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"{current.path} is not UTF-8 text; edit_file edits text"
+                ) from None
+            after, replacements = await anyio.to_thread.run_sync(apply_edits, before, request.edits)
+            diff = await anyio.to_thread.run_sync(unified_diff, before, after, current.path)
+            if request.dry_run:
+                return EditResult(
+                    project_id=project_id,
+                    path=current.path,
+                    sha256=current.sha256,
+                    replacements=replacements,
+                    diff=diff,
+                    applied=False,
+                )
+            written = await self._put(
+                grant.project, client, current.path, after.encode("utf-8"), current.sha256, False
+            )
+            await self._journal.record(
+                project_id,
+                caller.agent_id,
+                FileEdited(path=written.path, sha256=written.sha256, replacements=replacements),
+            )
+        return EditResult(
+            project_id=project_id,
+            path=written.path,
+            sha256=written.sha256,
+            replacements=replacements,
+            diff=diff,
+            applied=True,
+        )
+
+    async def delete(self, caller: Caller, request: DeletePath) -> PathRemoval:
+        grant, client = await self._open(caller, request.project_id)
+        project_id = grant.project_id
+        async with self._runtimes.of(project_id).mutation:
+            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            try:
+                removed, resolved = await client.remove(
+                    request.path, recursive=request.recursive, if_match=request.if_match
+                )
+            except WriteConflict as err:
+                raise await self._conflict(project_id, err) from err
+            self._storage.forget(project_id)
+            await self._journal.record(project_id, caller.agent_id, FileDeleted(path=resolved))
+        return PathRemoval(project_id=project_id, path=resolved, removed=removed)
+
+    async def move(self, caller: Caller, request: MovePath) -> MoveResult:
+        grant, client = await self._open(caller, request.project_id)
+        project_id = grant.project_id
+        async with self._runtimes.of(project_id).mutation:
+            await self._locks.check_write(
+                project_id, caller.agent_id, request.source, request.destination
+            )
+            moved_from, moved_to = await client.move(
+                request.source, request.destination, overwrite=request.overwrite
+            )
+            await self._journal.record(
+                project_id, caller.agent_id, FileMoved(path=moved_to, source=moved_from)
+            )
+        return MoveResult(project_id=project_id, source=moved_from, destination=moved_to)

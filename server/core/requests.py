@@ -1,0 +1,431 @@
+"""The arguments of every operation, defined once.
+
+Each model is what one operation takes: the MCP tool's input schema is generated from it, the
+service receives it, and REST bodies will be validated by it. Its docstring is the operation's
+description, written for the agent or person choosing a call; field descriptions are the
+parameter documentation they read.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.domain.operations import Operation
+
+__all__ = [
+    "OPERATION_OF",
+    "REQUESTS",
+    "AssignAgent",
+    "CancelExecution",
+    "CreateProject",
+    "DeletePath",
+    "DeleteProject",
+    "Edit",
+    "EditFile",
+    "GetEvents",
+    "GetExecutionHistory",
+    "GetProject",
+    "ListExecutions",
+    "ListFiles",
+    "ListLocks",
+    "ListMembers",
+    "ListProjects",
+    "LockPath",
+    "MovePath",
+    "ReadCommandOutput",
+    "ReadFile",
+    "RemoveAgent",
+    "Request",
+    "RunCommand",
+    "SearchFiles",
+    "SendInput",
+    "StartProject",
+    "StopProject",
+    "UnlockPath",
+    "UpdateProjectSettings",
+    "WhoAmI",
+    "WriteFile",
+]
+
+ProjectId = Annotated[str, Field(description="the project's id, as returned by create_project")]
+WorkspacePath = Annotated[
+    str, Field(description="path relative to the workspace root (/workspace in the VM)")
+]
+ExecutionId = Annotated[
+    str, Field(description="the execution's id, as returned by run_command or list_executions")
+]
+IfMatch = Annotated[
+    str | None,
+    Field(
+        description="sha256 the file must still have (from read_file), or 'absent' to only "
+        "create; on mismatch nothing is written and you get a conflict"
+    ),
+]
+
+
+class Request(BaseModel):
+    """The arguments of one operation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProjectRequest(Request):
+    project_id: ProjectId
+
+
+# -- projects ---------------------------------------------------------------------------------
+
+
+class CreateProject(Request):
+    """Create a project: an isolated VM with a persistent /workspace that agents share.
+
+    Returns the project, including its project_id, which every other tool takes.
+    """
+
+    name: Annotated[str, Field(description="a short human-readable name")]
+    description: str = ""
+    project_type: Annotated[
+        Literal["development", "analysis", "deployment", "sandbox"],
+        Field(description="template for the VM; 'development' has the usual dev tools"),
+    ] = "development"
+    settings: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="optional settings: auto_sleep_minutes, max_storage_gb, "
+            "environment_variables, network ('none' or 'egress'), cpus, memory_mb, "
+            "max_concurrent_executions, allowed_tools"
+        ),
+    ] = None
+
+
+class ListProjects(Request):
+    """List the projects you own or are a member of, with their status."""
+
+
+class GetProject(ProjectRequest):
+    """Show one project: status, settings, members and your access level."""
+
+
+class StartProject(ProjectRequest):
+    """Start a stopped project's VM. Its workspace is as it was left."""
+
+
+class StopProject(ProjectRequest):
+    """Stop a project's VM to free resources. Files persist; running commands are killed."""
+
+
+class DeleteProject(ProjectRequest):
+    """Delete a project, its VM and its workspace for good. The audit history is kept."""
+
+
+class UpdateProjectSettings(ProjectRequest):
+    """Change a project's settings (admins only); the change is recorded as an event."""
+
+    settings: Annotated[
+        dict[str, Any],
+        Field(
+            description='only the settings to change, e.g. {"max_concurrent_executions": '
+            "2}; the others keep their values"
+        ),
+    ]
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+class RunCommand(ProjectRequest):
+    """Run a shell command in the project's VM and return exit_code, stdout and stderr.
+
+    A non-zero exit_code is a normal result. Long output keeps its start and its end, with
+    the middle omitted (truncated: true). Commands beyond the project's concurrency limit
+    wait in a fair queue (queued_ms says how long). Cancelling this call kills the command.
+    """
+
+    command: Annotated[
+        str, Field(description="a shell command line, run with bash -c (sh -c without bash)")
+    ]
+    cwd: Annotated[
+        str | None, Field(description="working directory in the workspace; default its root")
+    ] = None
+    env: Annotated[dict[str, str] | None, Field(description="extra environment variables")] = None
+    timeout_s: Annotated[
+        float | None,
+        Field(description="kill the command (and its children) after this many seconds"),
+    ] = None
+    stdin: Annotated[str | None, Field(description="text fed to the command's stdin")] = None
+    wait_s: Annotated[
+        float | None,
+        Field(
+            description="return after this many seconds even if the command still runs "
+            "(status 'running' or 'queued'); follow it with read_command_output"
+        ),
+    ] = None
+    keep_stdin_open: Annotated[
+        bool, Field(description="keep stdin open so send_input can feed the command")
+    ] = False
+
+
+class ReadCommandOutput(Request):
+    """Follow a command's output (any member may follow any execution of the project).
+
+    Pass the returned next_since to get only what came after; finished: true at the end.
+    """
+
+    execution_id: ExecutionId
+    since: Annotated[
+        int, Field(ge=0, description="next_since from the previous call; 0 = from the start")
+    ] = 0
+    wait_s: Annotated[
+        float, Field(ge=0, le=300, description="wait up to this long for new output")
+    ] = 0
+
+
+class SendInput(Request):
+    """Write to the stdin of a running command started with keep_stdin_open."""
+
+    execution_id: ExecutionId
+    data: Annotated[str, Field(description="text written to the command's stdin")]
+    eof: Annotated[bool, Field(description="close stdin after writing")] = False
+
+
+class CancelExecution(Request):
+    """Cancel a queued or running command (yours, or any if you are an admin)."""
+
+    execution_id: ExecutionId
+
+
+class ListExecutions(ProjectRequest):
+    """Commands waiting and running now, with queue positions (1 = starts next)."""
+
+    state: Annotated[
+        Literal["queued", "running", "active"],
+        Field(description="'active' = queued and running"),
+    ] = "active"
+
+
+class GetExecutionHistory(ProjectRequest):
+    """The audit log of commands run in a project: who ran what, when, and how it ended.
+
+    Pages: pass the returned next_cursor to read on; every execution appears exactly once,
+    also while new ones arrive.
+    """
+
+    agent_id: Annotated[str | None, Field(description="only this agent's commands")] = None
+    status: Annotated[
+        str | None,
+        Field(description="only this status: completed, failed, timed_out, cancelled, ..."),
+    ] = None
+    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many per page")] = 50
+    include_output: bool = False
+    cursor: Annotated[
+        str | None, Field(description="next_cursor from the previous page; none = first page")
+    ] = None
+    order: Annotated[
+        Literal["newest_first", "oldest_first"],
+        Field(description="newest_first (default) or oldest_first (to follow new ones)"),
+    ] = "newest_first"
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+class ReadFile(ProjectRequest):
+    """Read a file from the workspace. The sha256 lets a later write detect conflicts."""
+
+    path: WorkspacePath
+    offset: Annotated[
+        int | None,
+        Field(description="first line to return, counting from 1 (a byte offset for base64)"),
+    ] = None
+    limit: Annotated[
+        int | None, Field(description="how many lines to return (bytes for base64)")
+    ] = None
+    encoding: Annotated[
+        Literal["auto", "utf-8", "base64"],
+        Field(description="'auto' returns text, or base64 if the file is not UTF-8"),
+    ] = "auto"
+
+
+class WriteFile(ProjectRequest):
+    """Create or replace a file atomically (parent directories are created).
+
+    Readers never see a half-written file. Pass if_match to avoid overwriting someone
+    else's change.
+    """
+
+    path: WorkspacePath
+    content: Annotated[str, Field(description="the whole new content")]
+    encoding: Annotated[Literal["utf-8", "base64"], Field(description="how content is encoded")] = (
+        "utf-8"
+    )
+    if_match: IfMatch = None
+    append: Annotated[bool, Field(description="add to the end instead of replacing")] = False
+
+
+class Edit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    old_text: str = Field(description="exact text to replace, including whitespace")
+    new_text: str = Field(description="replacement text")
+    replace_all: bool = Field(default=False, description="replace every occurrence")
+
+
+class EditFile(ProjectRequest):
+    """Replace exact pieces of text in a file and return a unified diff.
+
+    Each old_text must occur exactly once (unless replace_all). The edit is atomic and
+    fails with a conflict if the file changed meanwhile.
+    """
+
+    path: WorkspacePath
+    edits: Annotated[list[Edit], Field(description="replacements applied in order, all or none")]
+    if_match: IfMatch = None
+    dry_run: Annotated[bool, Field(description="only show the diff, change nothing")] = False
+
+
+class ListFiles(ProjectRequest):
+    """List a directory of the workspace (recursively if asked), sorted by path."""
+
+    path: WorkspacePath = "."
+    recursive: bool = False
+    include_hidden: bool = True
+    max_entries: Annotated[int, Field(ge=1, le=20000)] = 1000
+
+
+class SearchFiles(ProjectRequest):
+    """Search file contents (like grep -rn) or names (by glob) under a directory."""
+
+    pattern: Annotated[
+        str, Field(description="text to find in files; empty to match names by glob only")
+    ] = ""
+    path: WorkspacePath = "."
+    regex: Annotated[bool, Field(description="treat pattern as a regular expression")] = False
+    glob: Annotated[str | None, Field(description="only files whose name matches, e.g. '*.py'")] = (
+        None
+    )
+    ignore_case: bool = False
+    max_results: Annotated[int, Field(ge=1, le=5000)] = 200
+
+
+class DeletePath(ProjectRequest):
+    """Delete a file or directory in the workspace."""
+
+    path: WorkspacePath
+    recursive: Annotated[bool, Field(description="needed to delete a non-empty directory")] = False
+    if_match: IfMatch = None
+
+
+class MovePath(ProjectRequest):
+    """Move or rename a file or directory within the workspace."""
+
+    source: WorkspacePath
+    destination: WorkspacePath
+    overwrite: bool = False
+
+
+# -- members ----------------------------------------------------------------------------------
+
+
+class WhoAmI(Request):
+    """Your agent id and your access level in each project you can see."""
+
+
+class ListMembers(ProjectRequest):
+    """The agents of a project and their access levels."""
+
+
+class AssignAgent(ProjectRequest):
+    """Give another agent access to a project, or change its level (admins only)."""
+
+    agent_id: Annotated[str, Field(description="the agent to add or change")]
+    access_level: Annotated[
+        Literal["read_only", "read_write", "admin"],
+        Field(
+            description="read_only: read files, history, events, follow commands; "
+            "read_write: also write files and run commands; admin: also settings, members, "
+            "start, stop, delete"
+        ),
+    ]
+
+
+class RemoveAgent(ProjectRequest):
+    """Take an agent's access to a project away (admins; anyone may remove themselves)."""
+
+    agent_id: Annotated[str, Field(description="the member to remove (yourself to leave)")]
+
+
+# -- locks and events -------------------------------------------------------------------------
+
+
+class LockPath(ProjectRequest):
+    """Lock a file or directory: other agents' writes under it are refused until unlock or
+    expiry. Advisory: commands in the VM are not checked. Locking again extends it."""
+
+    path: WorkspacePath
+    ttl_s: Annotated[
+        float, Field(gt=0, le=86400, description="the lock expires after this many seconds")
+    ] = 300
+
+
+class UnlockPath(ProjectRequest):
+    """Release a lock you hold (admins may release any)."""
+
+    path: WorkspacePath
+
+
+class ListLocks(ProjectRequest):
+    """The project's current path locks, with holders and expiry times."""
+
+
+class GetEvents(ProjectRequest):
+    """What happened in a project, in order: files changed and by whom, commands queued,
+    started and finished, VM status, members, locks, settings. Long-polls with wait_s.
+
+    Pages: pass last_event_id as since_id to read on; has_more says whether more are waiting.
+    """
+
+    since_id: Annotated[
+        int, Field(ge=0, description="last_event_id from the previous call; 0 = from start")
+    ] = 0
+    wait_s: Annotated[
+        float, Field(ge=0, le=300, description="wait up to this long for a new event")
+    ] = 0
+    limit: Annotated[int, Field(ge=1, le=1000)] = 200
+
+
+REQUESTS: dict[Operation, type[Request]] = {
+    Operation.CREATE_PROJECT: CreateProject,
+    Operation.LIST_PROJECTS: ListProjects,
+    Operation.GET_PROJECT: GetProject,
+    Operation.START_PROJECT: StartProject,
+    Operation.STOP_PROJECT: StopProject,
+    Operation.DELETE_PROJECT: DeleteProject,
+    Operation.UPDATE_PROJECT_SETTINGS: UpdateProjectSettings,
+    Operation.RUN_COMMAND: RunCommand,
+    Operation.READ_COMMAND_OUTPUT: ReadCommandOutput,
+    Operation.SEND_INPUT: SendInput,
+    Operation.CANCEL_EXECUTION: CancelExecution,
+    Operation.LIST_EXECUTIONS: ListExecutions,
+    Operation.GET_EXECUTION_HISTORY: GetExecutionHistory,
+    Operation.READ_FILE: ReadFile,
+    Operation.WRITE_FILE: WriteFile,
+    Operation.EDIT_FILE: EditFile,
+    Operation.LIST_FILES: ListFiles,
+    Operation.SEARCH_FILES: SearchFiles,
+    Operation.DELETE_PATH: DeletePath,
+    Operation.MOVE_PATH: MovePath,
+    Operation.WHOAMI: WhoAmI,
+    Operation.LIST_MEMBERS: ListMembers,
+    Operation.ASSIGN_AGENT: AssignAgent,
+    Operation.REMOVE_AGENT: RemoveAgent,
+    Operation.LOCK_PATH: LockPath,
+    Operation.UNLOCK_PATH: UnlockPath,
+    Operation.LIST_LOCKS: ListLocks,
+    Operation.GET_EVENTS: GetEvents,
+}
+
+OPERATION_OF: dict[type[Request], Operation] = {
+    request: operation for operation, request in REQUESTS.items()
+}

@@ -1,0 +1,272 @@
+"""What ProjectService returns and MCP tools pass on: structured, with stable field names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from server.domain.models import (
+    AccessLevel,
+    Event,
+    Execution,
+    ExecutionStatus,
+    Member,
+    PathLock,
+    Project,
+    ProjectSettings,
+    ProjectType,
+    VMStatus,
+)
+
+__all__ = [
+    "CommandOutput",
+    "CommandResult",
+    "DeleteResult",
+    "EditResult",
+    "EventsResult",
+    "ExecutionHistory",
+    "ExecutionList",
+    "FileEntry",
+    "FileList",
+    "FileRead",
+    "FileWrite",
+    "LockList",
+    "LockResult",
+    "MemberList",
+    "MoveResult",
+    "ProjectInfo",
+    "ProjectList",
+    "ProjectStatus",
+    "ResourceUsage",
+    "SearchHit",
+    "SearchResults",
+    "WhoAmI",
+]
+
+
+class ResourceUsage(BaseModel):
+    """What a project's VM uses, measured in the VM."""
+
+    workspace_bytes: int | None = None
+    max_storage_bytes: int
+    cpu_percent: float | None = None
+    cpu_count: int | None = None
+    memory_used_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    disk_free_bytes: int | None = None
+    load_average: list[float] | None = None
+    note: str | None = None
+
+
+class ProjectInfo(BaseModel):
+    """A project as an agent sees it."""
+
+    project_id: str
+    name: str
+    description: str
+    project_type: ProjectType
+    status: VMStatus = Field(description="the VM's status")
+    status_reason: str | None = Field(default=None, description="why, when stopped or failed")
+    driver: str
+    vm_id: str | None
+    vm_url: str | None
+    workspace_path: str | None
+    owner_id: str
+    agents: list[str]
+    your_access: AccessLevel | None = None
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime | None
+    settings: ProjectSettings
+    members: list[Member] | None = None
+    usage: ResourceUsage | None = Field(
+        default=None, description="CPU, memory and workspace disk use (get_project only)"
+    )
+    notes: list[str] | None = Field(default=None, description="what the caller should know")
+
+    @classmethod
+    def of(cls, project: Project, access: AccessLevel | None = None) -> ProjectInfo:
+        return cls(
+            project_id=project.project_id,
+            name=project.name,
+            description=project.description,
+            project_type=project.project_type,
+            status=project.vm_status,
+            status_reason=project.vm_status_reason,
+            driver=project.driver,
+            vm_id=project.vm_id,
+            vm_url=project.vm_url,
+            workspace_path=project.workspace_path,
+            owner_id=project.owner_id,
+            agents=project.agents,
+            your_access=access,
+            created_at=project.created_at,
+            updated_at=project.updated_at,
+            last_activity_at=project.last_activity_at,
+            settings=project.settings,
+        )
+
+
+class ProjectList(BaseModel):
+    projects: list[ProjectInfo]
+
+
+class ProjectStatus(BaseModel):
+    project_id: str
+    status: VMStatus
+    message: str
+
+
+class DeleteResult(BaseModel):
+    project_id: str
+    deleted: bool
+    message: str
+
+
+class CommandResult(BaseModel):
+    """The outcome of run_command. A non-zero exit_code is a normal result, not an error."""
+
+    project_id: str
+    execution_id: str
+    status: ExecutionStatus
+    exit_code: int | None = Field(description="the command's exit status; 128+N if killed by N")
+    stdout: str
+    stderr: str
+    timed_out: bool
+    truncated: bool = Field(description="output was longer than the limit; the middle is omitted")
+    duration_ms: int | None
+    queued_ms: int | None = None
+    reason: str | None = Field(default=None, description="why it did not complete normally")
+    next_since: int = Field(
+        default=0, description="cursor for read_command_output to continue after this output"
+    )
+
+
+class CommandOutput(BaseModel):
+    """Output of an execution after a cursor; follow a running command by passing next_since."""
+
+    execution_id: str
+    status: ExecutionStatus
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    next_since: int
+    finished: bool
+    reason: str | None = None
+
+
+class ExecutionList(BaseModel):
+    project_id: str
+    max_concurrent_executions: int | None
+    executions: list[Execution]
+
+
+class ExecutionHistory(BaseModel):
+    project_id: str
+    executions: list[Execution]
+    next_cursor: str | None = Field(
+        default=None,
+        description="pass as cursor to read on from here (newest_first: null at the oldest)",
+    )
+    has_more: bool = Field(default=False, description="more executions are waiting after these")
+
+
+class FileRead(BaseModel):
+    project_id: str
+    path: str
+    content: str
+    encoding: Literal["utf-8", "base64"]
+    sha256: str = Field(description="of the whole file; pass as if_match to write safely")
+    size: int
+    offset: int = Field(description="first line returned (1-based), or first byte for base64")
+    total_lines: int | None = None
+    lines_returned: int | None = None
+    truncated: bool = Field(description="more of the file remains after what was returned")
+
+
+class FileWrite(BaseModel):
+    project_id: str
+    path: str
+    sha256: str
+    size: int
+    created: bool
+
+
+class EditResult(BaseModel):
+    project_id: str
+    path: str
+    sha256: str = Field(description="of the file after the edit (unchanged on dry_run)")
+    replacements: int
+    diff: str
+    applied: bool = Field(description="false for dry_run")
+
+
+class FileEntry(BaseModel):
+    path: str
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int
+    modified_at: datetime
+
+
+class FileList(BaseModel):
+    project_id: str
+    path: str
+    entries: list[FileEntry]
+    truncated: bool
+
+
+class SearchHit(BaseModel):
+    path: str
+    line: int | None = None
+    text: str | None = None
+
+
+class SearchResults(BaseModel):
+    project_id: str
+    matches: list[SearchHit]
+    files_scanned: int
+    truncated: bool
+
+
+class MoveResult(BaseModel):
+    project_id: str
+    source: str
+    destination: str
+
+
+class PathRemoval(BaseModel):
+    project_id: str
+    path: str
+    removed: bool
+
+
+class MemberList(BaseModel):
+    project_id: str
+    owner_id: str
+    members: list[Member]
+
+
+class LockResult(BaseModel):
+    project_id: str
+    lock: PathLock | None
+    locked: bool = Field(description="whether the path is now locked by you")
+
+
+class LockList(BaseModel):
+    project_id: str
+    locks: list[PathLock]
+
+
+class EventsResult(BaseModel):
+    project_id: str
+    events: list[Event]
+    last_event_id: int = Field(description="pass as since_id to read on from here")
+    has_more: bool = Field(default=False, description="more events are waiting after these")
+
+
+class WhoAmI(BaseModel):
+    agent_id: str
+    transport: Literal["stdio", "http", "memory", "rest", "websocket", "cli"]
+    projects: dict[str, AccessLevel]

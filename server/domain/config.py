@@ -1,0 +1,107 @@
+"""Server configuration: the data directory, the driver choice and the limits.
+
+Everything lives under one data directory: ``--data-dir``, else ``$PROJECTVM_HOME``, else
+``$XDG_DATA_HOME/projectvm`` (``~/.local/share/projectvm``). An optional ``config.toml`` there
+sets the driver, per-driver options and limits; command-line flags override it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.domain.errors import InvalidInput
+
+__all__ = ["CONFIG_FILENAME", "DB_FILENAME", "Limits", "ServerConfig", "default_data_dir"]
+
+CONFIG_FILENAME = "config.toml"
+DB_FILENAME = "projectvm.db"
+
+
+def default_data_dir() -> Path:
+    explicit = os.environ.get("PROJECTVM_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "projectvm"
+
+
+def _host_memory_mb() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    output_limit_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="stdout/stderr kept per command, from the start"
+    )
+    output_tail_bytes: int = Field(
+        default=64 * 1024, ge=0, description="and from the end, when the output is longer"
+    )
+    max_file_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="largest file read or written in one call"
+    )
+    default_timeout_s: float = Field(default=600, gt=0, description="run_command default timeout")
+    max_timeout_s: float = Field(default=24 * 3600, gt=0, description="largest timeout_s allowed")
+    max_project_cpus: float | None = Field(
+        default_factory=lambda: float(os.cpu_count() or 1),
+        description="the most CPUs a project may ask for (default: this host's)",
+    )
+    max_project_memory_mb: int | None = Field(
+        default_factory=lambda: _host_memory_mb(),
+        description="the most memory a project may ask for (default: this host's); null = no cap",
+    )
+    max_project_storage_gb: float | None = Field(
+        default=1024, description="the largest max_storage_gb a project may set; null = no cap"
+    )
+    max_project_pids: int | None = Field(
+        default=4096, description="the largest pids_limit a project may set; null = no cap"
+    )
+    max_project_concurrent_executions: int | None = Field(
+        default=64, description="the most commands a project may run at once"
+    )
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path
+    driver: str = Field(default="auto", description="VM driver for new projects, or 'auto'")
+    drivers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-driver options, by driver name"
+    )
+    limits: Limits = Field(default_factory=Limits)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_FILENAME
+
+    @classmethod
+    def load(cls, data_dir: Path | None = None, **overrides: Any) -> ServerConfig:
+        """Read ``config.toml`` from the data directory (if any) and apply ``overrides``."""
+        directory = (data_dir or default_data_dir()).expanduser().absolute()
+        values: dict[str, Any] = {}
+        path = directory / CONFIG_FILENAME
+        if path.exists():
+            try:
+                values = tomllib.loads(path.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as err:
+                raise InvalidInput(f"cannot read {path}: {err}; fix or remove the file") from err
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        values["data_dir"] = directory
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            raise InvalidInput(f"invalid configuration in {path}: {err}") from err

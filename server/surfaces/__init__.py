@@ -1,0 +1,1 @@
+"""The surfaces through which callers reach the core: MCP (agents) and HTTP."""

@@ -1,0 +1,263 @@
+"""What the ``process`` and ``local`` drivers share: the guest agent runs on this host.
+
+A VM is a record file and a workspace directory under the driver's root; while it runs, its
+channel is the agent process's stdio, so the agent lives exactly as long as its channel and a
+stopped VM has no process at all. Subclasses say how the agent is started (plainly, or inside
+a sandbox) and what they prepare around it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+import anyio
+import anyio.abc
+from pydantic import BaseModel
+
+from guest_runtime.bundle import write_agent_zipapp
+from vm_drivers.base import DriverContext, VMCreationResult, VMInfo, VMSpec, VMStatus
+from vm_drivers.errors import (
+    DriverUnavailable,
+    GuestUnreachable,
+    VMCreationFailed,
+    VMOperationFailed,
+)
+from vm_drivers.kit.channels import ChannelSlots
+from vm_drivers.kit.lifecycle import ClosingDriver
+from vm_drivers.kit.locks import KeyedLocks
+from vm_drivers.kit.naming import VM_PREFIX, vm_id_for
+from vm_drivers.kit.records import RecordStore
+from vm_drivers.kit.streams import ProcessStream
+
+__all__ = ["HostProcessDriver", "HostVMRecord", "log_tail"]
+
+
+class HostVMRecord(BaseModel):
+    vm_id: str
+    project_id: str
+    name: str
+    state: VMStatus
+    network: str
+    created_at: datetime
+    labels: dict[str, str]
+    cpus: float | None = None
+    memory_mb: int | None = None
+    pids_limit: int | None = None
+    disk_gb: float | None = None
+
+    def with_spec(self, spec: VMSpec) -> HostVMRecord:
+        return self.model_copy(
+            update={
+                "network": spec.network,
+                "cpus": spec.cpus,
+                "memory_mb": spec.memory_mb,
+                "pids_limit": spec.pids_limit,
+                "disk_gb": spec.disk_gb,
+            }
+        )
+
+
+def log_tail(path: Path, size: int = 2000) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            return handle.read().decode(errors="replace").strip() or "(no output)"
+    except OSError:
+        return "(no log)"
+
+
+class HostProcessDriver(ClosingDriver):
+    name: ClassVar[str]
+    install_hint: ClassVar[str] = ""
+
+    def __init__(self, root: Path, context: DriverContext) -> None:
+        self.context = context
+        self.root = root
+        self.records = RecordStore(root / "vms", HostVMRecord, lambda r: r.vm_id)
+        self._locks = KeyedLocks()
+        self._channels = ChannelSlots()
+
+    # -- what subclasses provide --------------------------------------------------------------
+
+    def agent_command(self, record: HostVMRecord, agent: Path) -> list[str]:
+        """The argv that runs the guest agent for ``record`` (its stdio is the channel)."""
+        raise NotImplementedError
+
+    def agent_environment(self, record: HostVMRecord) -> dict[str, str] | None:
+        """The agent's environment (commands inherit it); None: inherit the server's."""
+        return None
+
+    def check_usable(self) -> None:
+        """Raise ``DriverUnavailable`` (with a hint) if the VM cannot run here."""
+
+    async def prepare(self, record: HostVMRecord, argv: list[str]) -> list[str]:
+        """Set up around a starting agent (limits, say); may wrap ``argv``."""
+        return argv
+
+    async def released(self, vm_id: str) -> None:
+        """The agent of ``vm_id`` has ended: undo what ``prepare`` set up."""
+
+    # -- state on disk ------------------------------------------------------------------------
+
+    def workspace_dir(self, vm_id: str) -> Path:
+        return self.root / "workspaces" / vm_id
+
+    def log_path(self, vm_id: str) -> Path:
+        return self.root / "logs" / f"{vm_id}.log"
+
+    # -- the agent ----------------------------------------------------------------------------
+
+    async def _spawn(self, record: HostVMRecord) -> ProcessStream:
+        agent = await anyio.to_thread.run_sync(write_agent_zipapp, self.root / "agent")
+        argv = await self.prepare(record, self.agent_command(record, agent))
+        log_path = self.log_path(record.vm_id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            try:
+                process = await anyio.open_process(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=self.agent_environment(record),
+                )
+            except OSError as err:
+                await self.released(record.vm_id)
+                raise DriverUnavailable(
+                    self.name, f"could not start the guest agent: {err}", self.install_hint
+                ) from err
+        return _HostChannel(self, record.vm_id, process, log_path)
+
+    async def _end_agent(self, vm_id: str) -> None:
+        await self._channels.close(vm_id)
+
+    # -- VMDriver -----------------------------------------------------------------------------
+
+    async def create_project_vm(self, spec: VMSpec) -> VMCreationResult:
+        self.check_usable()
+        vm_id = vm_id_for(spec.project_id)
+        record = HostVMRecord(
+            vm_id=vm_id,
+            project_id=spec.project_id,
+            name=spec.name,
+            state=VMStatus.RUNNING,
+            network=spec.network,
+            created_at=datetime.now(UTC),
+            labels={**spec.labels, **self.context.labels(spec.project_id, vm_id)},
+        ).with_spec(spec)
+        workspace = self.workspace_dir(vm_id)
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+            self.records.save(record)
+        except OSError as err:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise VMCreationFailed(
+                f"could not create the workspace {workspace}: {err}; check the data directory "
+                "is writable and has space"
+            ) from err
+        return VMCreationResult(vm_id=vm_id, status=VMStatus.RUNNING, workspace_path=str(workspace))
+
+    async def start_project_vm(self, vm_id: str, spec: VMSpec | None = None) -> None:
+        async with self._locks(vm_id):
+            record = self.records.load(vm_id)
+            if not self.workspace_dir(vm_id).is_dir():
+                raise VMOperationFailed(
+                    f"the workspace of VM {vm_id} is missing at {self.workspace_dir(vm_id)}"
+                )
+            updated = record.with_spec(spec) if spec is not None else record
+            updated = updated.model_copy(update={"state": VMStatus.RUNNING})
+            if updated != record:
+                self.records.save(updated)
+
+    async def stop_project_vm(self, vm_id: str) -> None:
+        async with self._locks(vm_id):
+            record = self.records.load(vm_id)
+            await self._end_agent(vm_id)
+            if record.state != VMStatus.STOPPED:
+                self.records.save(record.model_copy(update={"state": VMStatus.STOPPED}))
+
+    async def destroy_project_vm(self, vm_id: str) -> None:
+        async with self._locks(vm_id):
+            await self._end_agent(vm_id)
+            workspace = self.workspace_dir(vm_id)
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
+            if workspace.exists():
+                raise VMOperationFailed(
+                    f"could not remove the workspace {workspace}; check its permissions"
+                )
+            self.records.remove(vm_id)
+            self.log_path(vm_id).unlink(missing_ok=True)
+        self._locks.forget(vm_id)
+
+    async def get_vm_status(self, vm_id: str) -> VMStatus:
+        return self.records.load(vm_id).state
+
+    async def get_vm_url(self, vm_id: str) -> str | None:
+        """None: a host process has no address of its own (it shares the host's, or none)."""
+        self.records.load(vm_id)
+        return None
+
+    async def open_channel(self, vm_id: str) -> anyio.abc.ByteStream:
+        async with self._locks(vm_id):
+            record = self.records.load(vm_id)
+            if record.state != VMStatus.RUNNING:
+                raise GuestUnreachable(f"VM {vm_id} is {record.state}; start it first")
+            # One channel per VM: a new one ends the agent (and commands) of the last.
+            await self._end_agent(vm_id)
+            return await self._channels.replace(vm_id, await self._spawn(record))
+
+    async def list_vms(self) -> list[VMInfo]:
+        found: dict[str, VMInfo] = {}
+        for record in self.records.all():
+            found[record.vm_id] = VMInfo(
+                vm_id=record.vm_id,
+                project_id=record.project_id,
+                status=record.state,
+                driver=self.name,
+                created_at=record.created_at,
+                labels=record.labels,
+                detail=str(self.workspace_dir(record.vm_id)),
+            )
+        # A workspace whose record is gone (a crash between the two) is a VM too, for gc.
+        workspaces = self.root / "workspaces"
+        for path in sorted(workspaces.iterdir()) if workspaces.is_dir() else []:
+            if path.name not in found and path.name.startswith(VM_PREFIX):
+                project_id = path.name.removeprefix(VM_PREFIX)
+                found[path.name] = VMInfo(
+                    vm_id=path.name,
+                    project_id=project_id,
+                    status=VMStatus.STOPPED,
+                    driver=self.name,
+                    labels=self.context.labels(project_id, path.name),
+                    detail=f"{path} (workspace without a VM record)",
+                )
+        return sorted(found.values(), key=lambda info: info.vm_id)
+
+    async def aclose(self) -> None:
+        await self._channels.close_all()
+
+
+class _HostChannel(ProcessStream):
+    """The agent's stdio; when it closes, the driver undoes what it prepared for the agent."""
+
+    def __init__(
+        self,
+        driver: HostProcessDriver,
+        vm_id: str,
+        process: anyio.abc.Process,
+        log_path: Path,
+    ) -> None:
+        super().__init__(process, lambda: log_tail(log_path))
+        self._driver = driver
+        self._vm_id = vm_id
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._driver.released(self._vm_id)
