@@ -18,6 +18,7 @@ __all__ = [
     "DATA_LABEL",
     "ROOT_LABEL",
     "DiskError",
+    "grow_data_disk",
     "make_data_disk",
     "make_root_disk",
     "tree_size",
@@ -130,3 +131,28 @@ async def make_data_disk(target: Path, size_gb: float) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return target
+
+
+async def grow_data_disk(target: Path, size_gb: float) -> bool:
+    """Grow the (unused, not mounted) data disk to ``size_gb`` GB; False if it is that big.
+
+    Never shrinks: a smaller limit would lose data. Checks the filesystem first, as resize2fs
+    requires.
+    """
+    size = int(size_gb * 2**30) // 4096 * 4096
+    if size <= target.stat().st_size:
+        return False
+    e2fsck = shutil.which("e2fsck")
+    resize2fs = shutil.which("resize2fs")
+    if e2fsck is None or resize2fs is None:
+        raise DiskError("e2fsck and resize2fs are needed; install e2fsprogs")
+    result = await anyio.run_process([e2fsck, "-f", "-y", "-q", str(target)], check=False)
+    if result.returncode >= 4:  # 1 and 2 mean "errors corrected"
+        raise DiskError(
+            f"the data disk {target} has errors e2fsck could not fix: "
+            f"{result.stdout.decode(errors='replace')[-500:]}"
+        )
+    with open(target, "r+b") as handle:  # noqa: ASYNC230 - a metadata-only change
+        handle.truncate(size)
+    await _run([resize2fs, str(target)])
+    return True
