@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,3 +57,18 @@ async def driver_config(request: pytest.FixtureRequest, data_dir: Path) -> Serve
     if not availability.usable:
         pytest.skip(f"driver {request.param} is not usable here: {availability.reason}")
     return ServerConfig.load(data_dir, driver=request.param)
+
+
+TEST_IMAGES = Path(os.environ.get("PROJECTVM_TEST_IMAGES", "/var/tmp/projectvm-test-images"))
+
+
+@pytest.fixture(scope="session")
+def qemu_images() -> Path:
+    """Boot artifacts for VM drivers, built once per machine into a shared cache (debootstrap
+    and apt: about a minute the first time); skips with the reason when this host cannot."""
+    from tests.vm_images import ensure_test_images
+
+    try:
+        return ensure_test_images(TEST_IMAGES)
+    except Exception as err:  # any reason this host cannot build an image is a skip reason
+        pytest.skip(f"cannot build the VM boot artifacts here: {err}")

@@ -192,6 +192,10 @@ class QemuDriverConfig(_Config):
         "are limited to 107 bytes); default /run/projectvm as root, else "
         "$XDG_RUNTIME_DIR/projectvm or /tmp/projectvm-<uid>",
     )
+    extra_kernel_args: str = Field(
+        default="",
+        description="appended to the guest kernel command line (debugging, e.g. 'loglevel=7')",
+    )
     console_log_bytes: int = Field(
         default=1024 * 1024,
         ge=4096,

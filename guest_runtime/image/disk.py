@@ -140,7 +140,7 @@ async def grow_data_disk(target: Path, size_gb: float) -> bool:
     requires.
     """
     size = int(size_gb * 2**30) // 4096 * 4096
-    if size <= target.stat().st_size:
+    if size <= (await anyio.Path(target).stat()).st_size:
         return False
     e2fsck = shutil.which("e2fsck")
     resize2fs = shutil.which("resize2fs")

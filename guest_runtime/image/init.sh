@@ -103,6 +103,8 @@ fi
 mkdir -p /newroot/workspace
 mount -t ext4 -o noatime "$DATA_DEV" /newroot/workspace \
     || die "could not mount the workspace disk $DATA_DEV"
+# mkfs makes an empty lost+found; the workspace is the project's own, keep it tidy.
+rmdir /newroot/workspace/lost+found 2>/dev/null
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 mount -t proc proc /newroot/proc

@@ -249,7 +249,8 @@ class QemuDriver:
                 parts.append(f"tsc_early_khz={khz}")
         if spec.network == "egress":
             parts.append("pvm.net=user")
-        return " ".join(parts + ([extra] if extra else []))
+        extras = [arg for arg in (self.config.extra_kernel_args, extra) if arg]
+        return " ".join(parts + extras)
 
     def qemu_argv(
         self,
