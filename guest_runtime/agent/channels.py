@@ -114,9 +114,14 @@ async def _until_stopping(agent: Any, awaitable: Any) -> None:
 
 
 async def serve_vsock(agent: Any, port: int) -> None:
-    """Listen on AF_VSOCK ``port`` (any CID); each connection is a session, the newest wins."""
+    """Listen on AF_VSOCK ``port`` (any CID: binding a specific one fails in a guest)."""
     listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     listener.bind((socket.VMADDR_CID_ANY, port))
+    await serve_listener(agent, listener)
+
+
+async def serve_listener(agent: Any, listener: socket.socket) -> None:
+    """Serve a bound stream socket: each connection is a session, and the newest wins."""
     listener.listen(8)
     listener.setblocking(False)
     current: Dict[str, Any] = {"writer": None, "task": None}
