@@ -70,6 +70,7 @@ QMP_APPEAR_S = 10.0
 CHANNEL_TIMEOUT_S = 30.0
 SUSPEND_TIMEOUT_S = 300.0
 KILL_WAIT_S = 5.0
+TCG_TB_MIB = 64
 RUNNING_STATES = {"running"}
 STARTING_STATES = {"inmigrate", "prelaunch", "restore-vm", "finish-migrate"}
 FAILED_STATES = {"guest-panicked", "internal-error", "io-error", "shutdown", "watchdog"}
@@ -275,7 +276,9 @@ class QemuDriver:
             "-M",
             machine,
             "-accel",
-            accel.accel,
+            # TCG's translation cache defaults to 1 GiB of address space, most of it touched
+            # over time: a smaller one keeps an idle VM's host memory near its guest's.
+            f"tcg,tb-size={TCG_TB_MIB}" if accel.accel == "tcg" else accel.accel,
             *(["-cpu", "host"] if accel.accel == "kvm" else []),
             "-smp",
             str(cpus),
