@@ -193,3 +193,21 @@ async def test_probe_names_the_accelerator_and_why(driver: QemuDriver) -> None:
     assert availability.usable
     assert availability.details["accel"] in ("kvm", "tcg")
     assert availability.details["accel_reason"]
+
+
+async def test_only_an_egress_vm_has_a_network_interface(
+    driver: QemuDriver, shared_vm: str
+) -> None:
+    async with GuestClient(await driver.open_channel(shared_vm)) as client:
+        _, interfaces, _, _ = await run(client, "ls /sys/class/net")
+    assert interfaces.split() == [b"lo"]
+    created = await driver.create_project_vm(vm_spec(network="egress"))
+    try:
+        async with GuestClient(await driver.open_channel(created.vm_id)) as client:
+            _, out, _, _ = await run(
+                client, "cat /sys/class/net/eth0/operstate; cat /proc/net/fib_trie"
+            )
+        assert out.startswith(b"up\n")
+        assert b"10.0.2.15" in out  # QEMU user networking's guest address
+    finally:
+        await driver.destroy_project_vm(created.vm_id)
