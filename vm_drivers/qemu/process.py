@@ -100,10 +100,13 @@ async def wait_exit(pid: int, timeout: float) -> bool:
         _reap(pid)
         return True
     try:
+        # Readable once the whole thread group is gone; /proc can show a zombie leader while
+        # QEMU's other threads still exit, and waitpid would not return it yet.
         with anyio.move_on_after(timeout):
-            while process_alive(pid):
-                await anyio.wait_readable(pidfd)
-        return not process_alive(pid)
+            await anyio.wait_readable(pidfd)
+            _reap(pid)
+            return True
+        return False
     finally:
         os.close(pidfd)
 
