@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -113,3 +114,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if item.path.name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+TEST_IMAGES = Path(os.environ.get("PROJECTVM_TEST_IMAGES", "/var/tmp/projectvm-test-images"))
+
+
+@pytest.fixture(scope="session")
+def qemu_images() -> Path:
+    """Boot artifacts for VM drivers, built once per machine into a shared cache (debootstrap
+    and apt: about a minute the first time); skips with the reason when this host cannot."""
+    from tests.vm_images import ensure_test_images
+
+    try:
+        return ensure_test_images(TEST_IMAGES)
+    except Exception as err:  # any reason this host cannot build an image is a skip reason
+        pytest.skip(f"cannot build the VM boot artifacts here: {err}")

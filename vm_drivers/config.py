@@ -20,6 +20,8 @@ __all__ = [
     "DriverConfig",
     "LocalDriverConfig",
     "ProcessDriverConfig",
+    "QemuDriverConfig",
+    "QemuTemplate",
     "parse_driver_config",
 ]
 
@@ -132,8 +134,85 @@ class DockerDriverConfig(_Config):
         return value
 
 
+class QemuTemplate(_Config):
+    """The machine a project type gets when its settings name none."""
+
+    cpus: int = Field(default=2, ge=1, le=64, description="virtual CPUs")
+    memory_mb: int = Field(default=1024, ge=128, description="guest memory in MiB")
+    disk_gb: float = Field(default=10, gt=0, description="size of the workspace disk in GB")
+
+
+def _default_qemu_templates() -> dict[str, QemuTemplate]:
+    full = QemuTemplate()
+    return {
+        "development": full,
+        "analysis": full,
+        "deployment": full,
+        "sandbox": QemuTemplate(cpus=1, memory_mb=512, disk_gb=2),
+    }
+
+
+class QemuDriverConfig(_Config):
+    """QEMU ``microvm`` virtual machines: KVM where a guest really boots on it, else TCG."""
+
+    type: Literal["qemu"] = "qemu"
+    qemu: str = Field(
+        default="qemu-system-x86_64",
+        description="QEMU system emulator (name or path); Debian: apt-get install qemu-system-x86",
+    )
+    images: Path | None = Field(
+        default=None,
+        description="directory of the boot artifacts (kernel, initramfs, root disk and their "
+        "manifest.json); default DATA_DIR/images/current, made by `projectvm image build`",
+    )
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        default="auto",
+        description="auto: KVM only if a timed probe boot proves it works (result cached), "
+        "else TCG; kvm or tcg force one",
+    )
+    templates: dict[str, QemuTemplate] = Field(
+        default_factory=_default_qemu_templates,
+        description="per project type: CPUs, memory and disk size when the project sets none; "
+        "'development' is the fallback",
+    )
+    boot_timeout_s: float = Field(
+        default=60, gt=0, description="how long a booting VM may take to answer (TCG is slow)"
+    )
+    kvm_probe_timeout_s: float = Field(
+        default=10, gt=0, description="how long the KVM probe guest may take to reach init"
+    )
+    stop_timeout_s: float = Field(
+        default=20,
+        gt=0,
+        description="how long a VM may take to flush and power off after being asked to",
+    )
+    runtime_dir: Path | None = Field(
+        default=None,
+        description="where the VMs' sockets and pidfiles live (a short path: unix socket paths "
+        "are limited to 107 bytes); default /run/projectvm as root, else "
+        "$XDG_RUNTIME_DIR/projectvm or /tmp/projectvm-<uid>",
+    )
+    extra_kernel_args: str = Field(
+        default="",
+        description="appended to the guest kernel command line (debugging, e.g. 'loglevel=7')",
+    )
+    console_log_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        description="the console log of a VM is cut back to its tail beyond this size",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _has_development(cls, value: dict[str, QemuTemplate]) -> dict[str, QemuTemplate]:
+        if "development" not in value:
+            raise ValueError("templates must include 'development' (the fallback)")
+        return value
+
+
 DriverConfig = Annotated[
-    LocalDriverConfig | DockerDriverConfig | ProcessDriverConfig, Field(discriminator="type")
+    LocalDriverConfig | DockerDriverConfig | ProcessDriverConfig | QemuDriverConfig,
+    Field(discriminator="type"),
 ]
 
 _ADAPTER: TypeAdapter[DriverConfig] = TypeAdapter(DriverConfig)

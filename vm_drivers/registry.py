@@ -33,6 +33,7 @@ DRIVER_CLASSES: dict[str, str] = {
     "local": "vm_drivers.local:LocalDriver",
     "docker": "vm_drivers.docker:DockerDriver",
     "process": "vm_drivers.process:ProcessDriver",
+    "qemu": "vm_drivers.qemu:QemuDriver",
 }
 
 

@@ -1,9 +1,12 @@
 """Entry point: ``python3 agent.pyz --root /workspace [--stdio | --serial DEVICE | --init]``.
 
 ``--stdio`` (the default) serves one session on stdin/stdout and exits when stdin closes; every
-command it started is killed then. ``--serial`` serves a virtio-serial port, session after
-session, for VMs whose host connects over a character device. ``--init`` is a minimal PID 1 for
-containers: it reaps orphaned processes and exits promptly on SIGTERM.
+command it started is killed then. ``--serial`` serves a virtio-serial port and ``--vsock`` an
+AF_VSOCK port, session after session, for VMs (see ``channels``). ``--init`` is a minimal PID 1
+for containers: it reaps orphaned processes and exits promptly on SIGTERM.
+
+The agent exits 0 when asked to stop (``system.shutdown``, SIGTERM): in a VM, the init then
+syncs, unmounts the workspace and resets the VM.
 """
 
 from __future__ import annotations
@@ -14,28 +17,14 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
+from .channels import pipe_streams, serve_serial, serve_vsock
 from .execs import Execs
 from .files import Files
 from .paths import Workspace
 from .rpc import DEFAULT_MAX_LINE_BYTES, Connection
 from .system import System
-
-
-async def _pipe_streams(
-    read_fd: int, write_fd: int, limit: int
-) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_event_loop()
-    reader = asyncio.StreamReader(limit=limit)
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
-    )
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb", 0)
-    )
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    return reader, writer
 
 
 class Agent:
@@ -52,7 +41,22 @@ class Agent:
         self.system = System(self.workspace, [], self.stopping.set)
         handlers.update(self.system.handlers())
         self.system.capabilities.extend(handlers)
+        self.session: Optional[str] = None
+        handlers["hello"] = self._hello_claiming_session
         self.handlers = handlers
+
+    async def _hello_claiming_session(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        """A ``hello`` carrying a new ``session`` token comes from a host that opened a new
+        channel: the commands started through the previous one are killed (a VM has one)."""
+        token = params.get("session")
+        if isinstance(token, str) and token != self.session:
+            if self.session is not None:
+                self.end_session()
+            self.session = token
+        return await self.system.hello(params)
+
+    def end_session(self) -> None:
+        self.execs.kill_all()
 
     async def _notify(self, method: str, params: Dict[str, Any]) -> None:
         if self.connection is not None:
@@ -76,22 +80,11 @@ async def _serve_stdio(agent: Agent) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    reader, writer = await _pipe_streams(read_fd, write_fd, agent.max_line_bytes)
+    reader, writer = await pipe_streams(read_fd, write_fd, agent.max_line_bytes)
     try:
         await agent.serve(reader, writer)
     finally:
         agent.execs.kill_all()
-
-
-async def _serve_serial(agent: Agent, device: str) -> None:
-    while not agent.stopping.is_set():
-        fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        reader, writer = await _pipe_streams(fd, os.dup(fd), agent.max_line_bytes)
-        try:
-            await agent.serve(reader, writer)
-        finally:
-            writer.close()
-    agent.execs.kill_all()
 
 
 def _not_dumpable() -> None:
@@ -130,6 +123,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--serial", metavar="DEVICE", help="serve a virtio-serial port instead of stdio"
     )
     parser.add_argument(
+        "--vsock", metavar="PORT", type=int, help="listen on this AF_VSOCK port instead of stdio"
+    )
+    parser.add_argument(
         "--max-line-bytes",
         type=int,
         default=DEFAULT_MAX_LINE_BYTES,
@@ -151,12 +147,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         loop = asyncio.get_event_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, agent.stopping.set)
-        if args.serial:
-            await _serve_serial(agent, args.serial)
-        else:
-            await _serve_stdio(agent)
+        try:
+            if args.serial:
+                await serve_serial(agent, args.serial)
+            elif args.vsock is not None:
+                await serve_vsock(agent, args.vsock)
+            else:
+                await _serve_stdio(agent)
+        finally:
+            agent.execs.kill_all()
 
     asyncio.run(run())
+    os.sync()  # what the commands wrote reaches the disks before the VM is reset
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,9 +20,19 @@ from vm_drivers.registry import DriverSet, available_driver_names
 TEST_LABEL = "projectvm.test"
 
 
+@pytest.fixture
+def driver_options(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    """Options a driver needs here: the VM drivers boot the shared test image."""
+    if request.node.callspec.params["drivers"] == "qemu":
+        return {"qemu": {"images": str(request.getfixturevalue("qemu_images"))}}
+    return {}
+
+
 @pytest.fixture(params=available_driver_names())
-async def drivers(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterator[DriverSet]:
-    driver_set = DriverSet(DriverContext.for_data_dir(data_dir))
+async def drivers(
+    request: pytest.FixtureRequest, data_dir: Path, driver_options: dict[str, dict[str, Any]]
+) -> AsyncIterator[DriverSet]:
+    driver_set = DriverSet(DriverContext.for_data_dir(data_dir), driver_options)
     availability = await driver_set.probe(request.param)
     if not availability.usable:
         await driver_set.aclose()

@@ -19,20 +19,28 @@ R = TypeVar("R", bound=BaseModel)
 
 
 class RecordStore(Generic[R]):
-    """Records of type ``model`` under ``directory``, one ``<vm_id>.json`` each.
+    """Records of type ``model`` under ``directory``, one per VM at ``layout`` (by default
+    ``<vm_id>.json``; ``{vm_id}/record.json`` keeps each beside the VM's other files).
 
     A save is temp file + fsync + rename, so a crash leaves the old record or the new one;
     a corrupt record is reported, never silently replaced.
     """
 
-    def __init__(self, directory: Path, model: type[R], key: Callable[[R], str]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        model: type[R],
+        key: Callable[[R], str],
+        layout: str = "{vm_id}.json",
+    ) -> None:
         self.directory = directory
         self._model = model
         self._key = key
+        self._layout = layout
 
     def path(self, vm_id: str) -> Path:
         check_vm_id(vm_id)
-        return self.directory / f"{vm_id}.json"
+        return self.directory / self._layout.format(vm_id=vm_id)
 
     def load(self, vm_id: str) -> R:
         path = self.path(vm_id)
@@ -76,7 +84,7 @@ class RecordStore(Generic[R]):
         if not self.directory.is_dir():
             return []
         found = []
-        for path in sorted(self.directory.glob("*.json")):
+        for path in sorted(self.directory.glob(self._layout.format(vm_id="*"))):
             try:
                 found.append(self._model.model_validate_json(path.read_bytes()))
             except (OSError, ValidationError):
