@@ -435,7 +435,9 @@ class FirecrackerDriver:
             record = self.records.load(vm_id)
             running = await self._current(record)
             if running is None:
-                raise VMOperationFailed(f"VM {vm_id} is not running; only a running VM can sleep")
+                raise VMOperationFailed(
+                    f"VM {vm_id} is not running; only a running VM can sleep: start it first"
+                )
             for channel in list(self._channels.pop(vm_id, [])):
                 await channel.aclose()
             fresh = self.records.vm_dir(vm_id) / "snapshot.new"

@@ -74,7 +74,10 @@ async def _run(*args: str) -> None:
     result = await anyio.run_process([_ip(), *args], check=False)
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip()
-        raise VMOperationFailed(f"`ip {' '.join(args)}` failed: {detail}")
+        raise VMOperationFailed(
+            f"`ip {' '.join(args)}` failed: {detail}; check the server runs as root and the "
+            "egress_subnet does not clash with the host's own addresses"
+        )
 
 
 async def create_tap(plan: TapPlan, labels: dict[str, str]) -> None:
