@@ -116,6 +116,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+pytest_plugins = ["tests.fixtures.firecracker"]
+
 TEST_IMAGES = Path(os.environ.get("PROJECTVM_TEST_IMAGES", "/var/tmp/projectvm-test-images"))
 
 

@@ -18,6 +18,8 @@ __all__ = [
     "DockerDriverConfig",
     "DockerTemplate",
     "DriverConfig",
+    "FirecrackerDriverConfig",
+    "FirecrackerJailerConfig",
     "LocalDriverConfig",
     "ProcessDriverConfig",
     "QemuDriverConfig",
@@ -210,8 +212,118 @@ class QemuDriverConfig(_Config):
         return value
 
 
+class FirecrackerJailerConfig(_Config):
+    """Run each Firecracker under Firecracker's jailer (chroot, own uid/gid, cgroup); root only."""
+
+    binary: str = Field(default="jailer", description="jailer executable (name or path)")
+    chroot_base_dir: Path = Field(
+        default=Path("/srv/jailer"),
+        description="where the jailer makes each VM's chroot (<base>/<exec name>/<id>/root); "
+        "must be on the data directory's filesystem (data disks are hard-linked in) and short "
+        "enough for unix socket paths",
+    )
+    uid: int = Field(default=65534, ge=0, description="user Firecracker runs as in the jail")
+    gid: int = Field(default=65534, ge=0, description="group Firecracker runs as in the jail")
+    cgroup_version: Literal[1, 2] = Field(
+        default=2, description="the host's cgroup hierarchy: 1 or 2 (unified)"
+    )
+    parent_cgroup: str | None = Field(
+        default=None, description="cgroup the jailed VMs are placed under; default: the jailer's"
+    )
+
+
+class FirecrackerDriverConfig(_Config):
+    """Firecracker microVMs through Firecracker's API socket: needs /dev/kvm that boots guests."""
+
+    type: Literal["firecracker"] = "firecracker"
+    binary: str = Field(
+        default="firecracker",
+        description="firecracker executable (name on PATH, or a path); version 1.8 or later",
+    )
+    images_dir: Path | None = Field(
+        default=None,
+        description="the boot artifacts (vmlinux, initramfs, rootfs, manifest.json) when not "
+        "set one by one; default DATA_DIR/images/current, made by `projectvm image build`",
+    )
+    kernel: Path | None = Field(
+        default=None, description="uncompressed ELF vmlinux; default IMAGES_DIR/vmlinux"
+    )
+    initramfs: Path | None = Field(
+        default=None,
+        description="initramfs that mounts the disks and starts the agent on vsock; default "
+        "IMAGES_DIR/initramfs.cpio.gz",
+    )
+    rootfs: Path | None = Field(
+        default=None,
+        description="read-only ext4 root filesystem (label pvm-root) shared by all VMs; "
+        "default IMAGES_DIR/rootfs.ext4",
+    )
+    runtime_dir: Path | None = Field(
+        default=None,
+        description="short directory for per-VM sockets; default /run/projectvm-fc as root, "
+        "else $XDG_RUNTIME_DIR/projectvm-fc or /tmp/projectvm-fc-<uid>",
+    )
+    vcpus: int = Field(
+        default=2, ge=1, le=32, description="vCPUs when the project sets none (1 or even)"
+    )
+    memory_mb: int = Field(default=1024, ge=128, description="memory when the project sets none")
+    disk_gb: float = Field(
+        default=10, gt=0, description="data disk size when the project sets none (sparse)"
+    )
+    agent_port: int = Field(
+        default=52, ge=1, lt=2**32, description="vsock port the guest agent listens on"
+    )
+    extra_boot_args: str = Field(
+        default="", description="appended to the kernel command line the driver builds"
+    )
+    boot_timeout_s: float = Field(
+        default=30, gt=0, description="from InstanceStart to the agent's hello, at most"
+    )
+    api_timeout_s: float = Field(
+        default=10, gt=0, description="timeout of one call to Firecracker's API"
+    )
+    stop_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="grace after asking the agent to shut down, and again after Ctrl-Alt-Del, "
+        "before the VMM is killed",
+    )
+    probe_timeout_s: float = Field(
+        default=30, gt=0, description="how long the boot probe waits for a test VM's hello"
+    )
+    log_level: Literal["Error", "Warning", "Info", "Debug", "Trace", "Off"] = Field(
+        default="Warning", description="Firecracker's own log level"
+    )
+    metrics: bool = Field(
+        default=False, description="have Firecracker write metrics into the runtime directory"
+    )
+    console_log_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        description="most bytes of serial console and VMM output kept per VM",
+    )
+    egress_subnet: str = Field(
+        default="172.30.0.0/16",
+        description="addresses for tap devices of projects that allow egress (a /30 each)",
+    )
+    jailer: FirecrackerJailerConfig | None = Field(
+        default=None, description="run Firecracker under the jailer; null = run it directly"
+    )
+
+    @field_validator("vcpus")
+    @classmethod
+    def _one_or_even(cls, value: int) -> int:
+        if value != 1 and value % 2:
+            raise ValueError("Firecracker takes 1 vCPU or an even number of them")
+        return value
+
+
 DriverConfig = Annotated[
-    LocalDriverConfig | DockerDriverConfig | ProcessDriverConfig | QemuDriverConfig,
+    LocalDriverConfig
+    | DockerDriverConfig
+    | ProcessDriverConfig
+    | QemuDriverConfig
+    | FirecrackerDriverConfig,
     Field(discriminator="type"),
 ]
 

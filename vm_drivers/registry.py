@@ -34,6 +34,7 @@ DRIVER_CLASSES: dict[str, str] = {
     "docker": "vm_drivers.docker:DockerDriver",
     "process": "vm_drivers.process:ProcessDriver",
     "qemu": "vm_drivers.qemu:QemuDriver",
+    "firecracker": "vm_drivers.firecracker.driver:FirecrackerDriver",
 }
 
 

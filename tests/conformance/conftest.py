@@ -15,28 +15,42 @@ import pytest
 
 from guest_runtime.client import GuestClient
 from vm_drivers.base import DriverContext, VMDriver, VMSpec
-from vm_drivers.registry import DriverSet, available_driver_names
+from vm_drivers.registry import DriverSet
+
+from .backends import BACKENDS, Backend
 
 TEST_LABEL = "projectvm.test"
 
 
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return BACKENDS[request.param]
+
+
 @pytest.fixture
-def driver_options(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
-    """Options a driver needs here: the VM drivers boot the shared test image."""
-    if request.node.callspec.params["drivers"] == "qemu":
-        return {"qemu": {"images": str(request.getfixturevalue("qemu_images"))}}
-    return {}
+def backend_fixtures(backend: Backend, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """What the backend's environment needs, resolved here, outside any event loop."""
+    return {name: request.getfixturevalue(name) for name in backend.needs}
 
 
-@pytest.fixture(params=available_driver_names())
+@pytest.fixture
+async def driver_options(
+    backend: Backend, backend_fixtures: dict[str, Any], data_dir: Path
+) -> AsyncIterator[dict[str, dict[str, Any]]]:
+    """The driver options of the backend's test environment (set up and torn down here)."""
+    async with backend.environment(backend_fixtures, data_dir) as options:
+        yield {backend.driver: options}
+
+
+@pytest.fixture
 async def drivers(
-    request: pytest.FixtureRequest, data_dir: Path, driver_options: dict[str, dict[str, Any]]
+    backend: Backend, driver_options: dict[str, dict[str, Any]], data_dir: Path
 ) -> AsyncIterator[DriverSet]:
     driver_set = DriverSet(DriverContext.for_data_dir(data_dir), driver_options)
-    availability = await driver_set.probe(request.param)
+    availability = await driver_set.probe(backend.driver)
     if not availability.usable:
         await driver_set.aclose()
-        pytest.skip(f"driver {request.param} is not usable here: {availability.reason}")
+        pytest.skip(f"driver {backend.id} is not usable here: {availability.reason}")
     try:
         yield driver_set
     finally:
@@ -44,9 +58,8 @@ async def drivers(
 
 
 @pytest.fixture
-def driver(drivers: DriverSet, request: pytest.FixtureRequest) -> VMDriver:
-    name: str = request.node.callspec.params["drivers"]
-    return drivers.get(name)
+def driver(drivers: DriverSet, backend: Backend) -> VMDriver:
+    return drivers.get(backend.driver)
 
 
 def spec(**overrides: object) -> VMSpec:

@@ -13,6 +13,7 @@ from vm_drivers.base import LABEL_PROJECT, DriverContext, VMDriver, VMStatus
 from vm_drivers.errors import GuestUnreachable, VMNotFound
 from vm_drivers.registry import DriverSet
 
+from .backends import Backend
 from .conftest import TEST_LABEL, spec
 from .running import LIST_PROCESSES, run
 
@@ -64,12 +65,12 @@ async def test_a_new_driver_instance_finds_the_vm_and_its_files(
     driver: VMDriver,
     vm: str,
     data_dir: Path,
-    request: pytest.FixtureRequest,
+    backend: Backend,
     driver_options: dict[str, dict[str, Any]],
 ) -> None:
     async with GuestClient(await driver.open_channel(vm)) as client:
         await client.write_file("persist.bin", bytes(range(256)))
-    name = request.node.callspec.params["drivers"]
+    name = backend.driver
     fresh = DriverSet(DriverContext.for_data_dir(data_dir), driver_options)
     try:
         restarted = fresh.get(name)

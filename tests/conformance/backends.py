@@ -1,0 +1,99 @@
+"""How the conformance suite runs each driver here: its test environments ("backends").
+
+A driver listed in ``VARIANTS`` runs once per variant, with the driver options its environment
+yields (a fake's path, the shared test image, a mode); the others run once, by name, with
+default options. An environment gets the values of the fixtures its backend ``needs``
+(session fixtures that build images or fetch binaries, resolved before the test's event loop
+runs) and the test's data directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vm_drivers.registry import available_driver_names
+
+__all__ = ["BACKENDS", "Backend"]
+
+Environment = Callable[[dict[str, Any], Path], AbstractAsyncContextManager[dict[str, Any]]]
+
+
+@asynccontextmanager
+async def _defaults(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    yield {}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the suite: a parameter id, the driver's name, its environment and the
+    fixtures that environment needs."""
+
+    id: str
+    driver: str
+    environment: Environment = _defaults
+    needs: tuple[str, ...] = ()
+
+
+@asynccontextmanager
+async def _qemu(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """The shared test image, built once per machine (TCG here: each VM boots in seconds)."""
+    yield {"images": str(fixtures["qemu_images"])}
+
+
+@asynccontextmanager
+async def _firecracker_fake(
+    fixtures: dict[str, Any], data_dir: Path
+) -> AsyncIterator[dict[str, Any]]:
+    """fake-firecracker (Firecracker's API and vsock handshake, the real agent as a process):
+    everything the driver does between the API and the channel, without a guest kernel."""
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)")
+    binary: Path = fixtures["fake_firecracker_bin"]
+    yield {"binary": str(binary / "firecracker"), "images_dir": str(fixtures["fake_images"])}
+
+
+@asynccontextmanager
+async def _firecracker_kvm(
+    fixtures: dict[str, Any], data_dir: Path
+) -> AsyncIterator[dict[str, Any]]:
+    """The real Firecracker booting the real image: where the host's KVM can run a guest. The
+    probe's verdict is taken once a session; here it skips every test with its reason."""
+    verdict = fixtures["firecracker_kvm_verdict"]
+    if not verdict.availability.usable:
+        pytest.skip(f"driver firecracker is not usable here: {verdict.availability.reason}")
+    (data_dir / "firecracker").mkdir(parents=True, exist_ok=True)
+    shutil.copy(verdict.cache, data_dir / "firecracker" / "boot-probe.json")
+    yield {"binary": str(verdict.binary / "firecracker"), "images_dir": str(verdict.images)}
+
+
+VARIANTS: dict[str, list[Backend]] = {
+    "qemu": [Backend("qemu", "qemu", _qemu, needs=("qemu_images",))],
+    "firecracker": [
+        Backend(
+            "firecracker-fake",
+            "firecracker",
+            _firecracker_fake,
+            needs=("fake_firecracker_bin", "fake_images"),
+        ),
+        Backend(
+            "firecracker-kvm", "firecracker", _firecracker_kvm, needs=("firecracker_kvm_verdict",)
+        ),
+    ],
+}
+
+
+def _backends() -> list[Backend]:
+    found: list[Backend] = []
+    for name in available_driver_names():
+        found.extend(VARIANTS.get(name, [Backend(name, name)]))
+    return found
+
+
+BACKENDS: dict[str, Backend] = {backend.id: backend for backend in _backends()}
