@@ -9,23 +9,45 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from guest_runtime.client import GuestClient
 from vm_drivers.base import DriverContext, VMDriver, VMSpec
-from vm_drivers.registry import DriverSet, available_driver_names
+from vm_drivers.registry import DriverSet
+
+from .backends import Backend, backends
 
 TEST_LABEL = "projectvm.test"
+BACKENDS = {backend.id: backend for backend in backends()}
 
 
-@pytest.fixture(params=available_driver_names())
-async def drivers(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterator[DriverSet]:
-    driver_set = DriverSet(DriverContext.for_data_dir(data_dir))
-    availability = await driver_set.probe(request.param)
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Backend:
+    chosen = BACKENDS[request.param]
+    reason = chosen.unavailable()
+    if reason:
+        pytest.skip(f"{chosen.id} cannot run here: {reason}")
+    return chosen
+
+
+@pytest.fixture
+async def driver_options(backend: Backend) -> AsyncIterator[dict[str, dict[str, Any]]]:
+    """The driver options of the backend's test environment (set up and torn down here)."""
+    async with backend.environment() as options:
+        yield {backend.driver: options}
+
+
+@pytest.fixture
+async def drivers(
+    backend: Backend, driver_options: dict[str, dict[str, Any]], data_dir: Path
+) -> AsyncIterator[DriverSet]:
+    driver_set = DriverSet(DriverContext.for_data_dir(data_dir), options=driver_options)
+    availability = await driver_set.probe(backend.driver)
     if not availability.usable:
         await driver_set.aclose()
-        pytest.skip(f"driver {request.param} is not usable here: {availability.reason}")
+        pytest.skip(f"driver {backend.id} is not usable here: {availability.reason}")
     try:
         yield driver_set
     finally:
@@ -33,9 +55,8 @@ async def drivers(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterat
 
 
 @pytest.fixture
-def driver(drivers: DriverSet, request: pytest.FixtureRequest) -> VMDriver:
-    name: str = request.node.callspec.params["drivers"]
-    return drivers.get(name)
+def driver(drivers: DriverSet, backend: Backend) -> VMDriver:
+    return drivers.get(backend.driver)
 
 
 def spec(**overrides: object) -> VMSpec:

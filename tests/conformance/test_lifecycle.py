@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from vm_drivers.base import LABEL_PROJECT, DriverContext, VMDriver, VMStatus
 from vm_drivers.errors import GuestUnreachable, VMNotFound
 from vm_drivers.registry import DriverSet
 
+from .backends import Backend
 from .conftest import TEST_LABEL, spec
 
 pytestmark = pytest.mark.anyio
@@ -58,14 +60,17 @@ async def test_stopping_ends_the_channel_and_its_commands(driver: VMDriver, vm: 
 
 
 async def test_a_new_driver_instance_finds_the_vm_and_its_files(
-    driver: VMDriver, vm: str, data_dir: Path, request: pytest.FixtureRequest
+    driver: VMDriver,
+    vm: str,
+    data_dir: Path,
+    backend: Backend,
+    driver_options: dict[str, dict[str, Any]],
 ) -> None:
     async with GuestClient(await driver.open_channel(vm)) as client:
         await client.write_file("persist.bin", bytes(range(256)))
-    name = request.node.callspec.params["drivers"]
-    fresh = DriverSet(DriverContext.for_data_dir(data_dir))
+    fresh = DriverSet(DriverContext.for_data_dir(data_dir), options=driver_options)
     try:
-        restarted = fresh.get(name)
+        restarted = fresh.get(backend.driver)
         assert vm in {v.vm_id for v in await restarted.list_vms()}
         async with GuestClient(await restarted.open_channel(vm)) as client:
             assert (await client.read_file("persist.bin")).data == bytes(range(256))
