@@ -31,7 +31,7 @@ driver writes), or with PyYAML when it is installed.
 
 Every invocation is appended to ``$LIMA_HOME/_fake/calls.jsonl`` so tests can check exactly what
 a driver ran. Knobs: ``FAKE_LIMACTL_VERSION`` (the version reported; default 2.2.0) and
-``FAKE_LIMACTL_REFUSE_ROOT=1`` (refuse to run as root, as the real limactl always does).
+``FAKE_LIMACTL_AS_ROOT=1`` (behave as the real limactl does under root: refuse every command).
 """
 
 from __future__ import annotations
@@ -207,7 +207,10 @@ def load_yaml(text: str, origin: str) -> dict[str, Any]:
                 f"{origin}: the fake limactl reads lima.yaml in YAML's JSON form only "
                 "(install PyYAML for block YAML)"
             )
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            fatal(f"{origin}: {err}")
     if not isinstance(data, dict):
         fatal(f"{origin}: a lima.yaml must be a mapping")
     return data
@@ -1043,7 +1046,7 @@ def main(args: list[str]) -> int:
         if index == len(args):
             print("Usage: limactl [command] (fake-limactl: see fake_limactl.py)")
             return 0
-        if os.environ.get("FAKE_LIMACTL_REFUSE_ROOT") == "1" and os.geteuid() == 0:
+        if os.environ.get("FAKE_LIMACTL_AS_ROOT") == "1":
             fatal("must not run as the root user")
         command, command_args = args[index], args[index + 1 :]
         handler = COMMANDS.get(command)

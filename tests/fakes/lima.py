@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -21,19 +22,23 @@ import anyio
 
 __all__ = [
     "FAKE_LIMACTL",
+    "SHARED_INSTANCE",
     "TEST_PACKAGES",
     "calls",
+    "driver_options",
     "fake_lima_home",
     "fake_limactl",
+    "fake_limactl_with",
     "missing_tools",
     "per_project_environment",
+    "raw_calls",
     "shared_environment",
 ]
 
 FAKE_LIMACTL = Path(__file__).with_name("fake-limactl")
 # Installed here already, so the provisioning script finds them and needs no apt.
 TEST_PACKAGES = ["python3", "git", "curl", "procps"]
-SHARED_INSTANCE = "shared"
+SHARED_INSTANCE = "shared"  # the instance shared_environment makes
 
 
 def missing_tools() -> str | None:
@@ -62,16 +67,28 @@ async def fake_limactl(home: Path, *args: str, check: bool = True) -> str:
     return result.stdout.decode()
 
 
-def calls(home: Path) -> list[list[str]]:
-    """Every command line the fake ran in ``home``, oldest first (global flags left out)."""
+def fake_limactl_with(directory: Path, **environment: str) -> Path:
+    """A limactl that is the fake run with ``environment`` (its knobs), to pass as an option."""
+    assignments = " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items())
+    path = directory / "limactl"
+    path.write_text(f'#!/bin/sh\nexec env {assignments} {shlex.quote(str(FAKE_LIMACTL))} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def raw_calls(home: Path) -> list[list[str]]:
+    """Every command line the fake ran in ``home``, oldest first, exactly as given."""
     path = home / "_fake" / "calls.jsonl"
     if not path.is_file():
         return []
-    found = []
-    for line in path.read_text().splitlines():
-        argv = [arg for arg in json.loads(line)["argv"] if not arg.startswith(("--tty", "--log"))]
-        found.append(argv)
-    return found
+    return [json.loads(line)["argv"] for line in path.read_text().splitlines()]
+
+
+def calls(home: Path) -> list[list[str]]:
+    """Like ``raw_calls``, without the global flags (--tty, --log-format)."""
+    return [
+        [arg for arg in argv if not arg.startswith(("--tty", "--log"))] for argv in raw_calls(home)
+    ]
 
 
 @asynccontextmanager

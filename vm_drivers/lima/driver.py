@@ -188,6 +188,8 @@ class LimaDriver:
                     except DriverError:
                         pass  # gc finds what is left through its labels
                     self.records.delete(vm_id)
+                if isinstance(err, DriverUnavailable):
+                    raise  # a setup problem, and its hint says how to fix it
                 raise VMCreationFailed(f"could not create VM {vm_id}: {err}") from err
             record = record.model_copy(update={"state": VMStatus.RUNNING})
             self.records.save(record)

@@ -124,7 +124,7 @@ class LimactlFailure:
     message: str
 
     def __str__(self) -> str:
-        command = " ".join(self.argv[1:3])
+        command = " ".join([arg for arg in self.argv[1:] if not arg.startswith("--")][:2])
         return f"`limactl {command}` exited with status {self.returncode}: {self.message}"
 
 

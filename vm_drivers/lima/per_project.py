@@ -107,7 +107,7 @@ class PerProjectPlacement:
     async def start(self, record: LimaVMRecord, spec: VMSpec | None) -> None:
         async with self.instances.lock(record.instance):
             instance = await self.instances.get(record.instance)
-            if instance is not None:
+            if instance is not None and instance.status in (RUNNING, STOPPED):
                 flags = self.edits(instance, spec or record.spec, record.labels)
                 if flags:
                     await self.instances.stop(record.instance)
