@@ -23,7 +23,7 @@ TEST_LABEL = "projectvm.test"
 BACKENDS = {backend.id: backend for backend in backends()}
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Backend:
     chosen = BACKENDS[request.param]
     reason = chosen.unavailable()

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 __all__ = [
+    "FAKE_DEADLINE_S",
     "FAKE_LIMACTL",
     "SHARED_INSTANCE",
     "TEST_PACKAGES",
@@ -38,6 +39,7 @@ __all__ = [
 FAKE_LIMACTL = Path(__file__).with_name("fake-limactl")
 # Installed here already, so the provisioning script finds them and needs no apt.
 TEST_PACKAGES = ["python3", "git", "curl", "procps"]
+FAKE_DEADLINE_S = 120
 SHARED_INSTANCE = "shared"  # the instance shared_environment makes
 
 
@@ -53,12 +55,13 @@ def missing_tools() -> str | None:
 
 async def fake_limactl(home: Path, *args: str, check: bool = True) -> str:
     """Run the fake with ``home`` as LIMA_HOME; its stdout."""
-    result = await anyio.run_process(
-        [str(FAKE_LIMACTL), "--tty=false", *args],
-        stdin=subprocess.DEVNULL,
-        check=False,
-        env={**os.environ, "LIMA_HOME": str(home)},
-    )
+    with anyio.fail_after(FAKE_DEADLINE_S):
+        result = await anyio.run_process(
+            [str(FAKE_LIMACTL), "--tty=false", *args],
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env={**os.environ, "LIMA_HOME": str(home)},
+        )
     if check and result.returncode != 0:
         raise AssertionError(
             f"fake-limactl {' '.join(args)} failed ({result.returncode}): "

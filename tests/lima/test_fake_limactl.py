@@ -11,18 +11,19 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.fakes.lima import FAKE_LIMACTL
+from tests.fakes.lima import FAKE_DEADLINE_S, FAKE_LIMACTL
 
 pytestmark = pytest.mark.anyio
 
 
 async def limactl(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return await anyio.run_process(
-        [str(FAKE_LIMACTL), "--tty=false", "--log-format=json", *args],
-        stdin=subprocess.DEVNULL,
-        check=False,
-        env={**os.environ, "LIMA_HOME": str(home)},
-    )
+    with anyio.fail_after(FAKE_DEADLINE_S):
+        return await anyio.run_process(
+            [str(FAKE_LIMACTL), "--tty=false", "--log-format=json", *args],
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env={**os.environ, "LIMA_HOME": str(home)},
+        )
 
 
 def fatal_message(result: subprocess.CompletedProcess[bytes]) -> str:

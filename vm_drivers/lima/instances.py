@@ -15,6 +15,7 @@ tail of the host agent's log, where Lima writes why a VM did not come up.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class Instances:
         try:
             await self.limactl.run(
                 "start",
-                f"--timeout={int(timeout_s)}s",
+                f"--timeout={max(1, math.ceil(timeout_s))}s",
                 name,
                 timeout_s=timeout_s + 30,  # limactl's own deadline fires first
                 action=f"starting Lima instance {name}",
