@@ -48,7 +48,7 @@ from vm_drivers.lima.guest_launcher import (
     SANDBOX_MISSING,
     WORKSPACE_MISSING,
 )
-from vm_drivers.lima.instances import RUNNING, Instances
+from vm_drivers.lima.instances import Instances
 from vm_drivers.lima.limactl import MINIMUM_MAJOR_VERSION, Limactl, LimaInstance
 from vm_drivers.lima.per_project import PerProjectPlacement
 from vm_drivers.lima.records import LimaVMRecord, RecordStore, instance_name
@@ -364,59 +364,12 @@ class LimaDriver:
                     details=details,
                 )
             details["mode"] = f"projects share Lima instance {shared}"
-            return await self._probe_shared(shared, details)
+            usable, reason, found = await self.shared.readiness(shared)
+            return Availability(
+                driver=self.name, usable=usable, reason=reason, details={**details, **found}
+            )
         except DriverError as err:
             return Availability(driver=self.name, usable=False, reason=str(err), details=details)
-
-    async def _probe_shared(self, name: str, details: dict[str, str]) -> Availability:
-        instance = await self.instances.get(name)
-        if instance is None:
-            return Availability(
-                driver=self.name,
-                usable=False,
-                reason=f"the shared Lima instance {name} (LIMA_INSTANCE) does not exist; create "
-                f"it (`limactl start --name={name} template:debian-12`) or unset LIMA_INSTANCE",
-                details=details,
-            )
-        if instance.status != RUNNING:
-            return Availability(
-                driver=self.name,
-                usable=True,
-                reason=f"shared Lima instance {name} is {instance.status}; it starts on first use",
-                details=details,
-            )
-        found = await self.guest.run(
-            name,
-            "for c in python3 bwrap; do command -v $c >/dev/null 2>&1 && echo $c; done; true",
-            action=f"looking for python3 and bubblewrap in Lima instance {name}",
-        )
-        tools = set(found.split())
-        confinement = "bubblewrap" if "bwrap" in tools else "none (no bubblewrap in the instance)"
-        if self.config.shared_sandbox == "none":
-            confinement = "none (shared_sandbox: none)"
-        details["confinement"] = confinement
-        if "python3" not in tools:
-            return Availability(
-                driver=self.name,
-                usable=False,
-                reason=f"Lima instance {name} has no python3, which the guest agent needs; "
-                f"install it (`limactl shell {name} sudo apt-get install -y python3`)",
-                details=details,
-            )
-        if self.config.shared_sandbox == "bwrap" and "bwrap" not in tools:
-            return Availability(
-                driver=self.name,
-                usable=False,
-                reason=f"shared_sandbox is 'bwrap' but Lima instance {name} has no bubblewrap; "
-                f"install it (`limactl shell {name} sudo apt-get install -y bubblewrap`)",
-                details=details,
-            )
-        return Availability(
-            driver=self.name,
-            usable=True,
-            reason=f"shared Lima instance {name} runs; projects are confined by {confinement}",
-            details=details,
-        )
 
     async def aclose(self) -> None:
         for vm_id in list(self._channels):

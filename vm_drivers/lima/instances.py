@@ -53,8 +53,11 @@ class Instances:
         )
         return True
 
-    async def start(self, name: str, *, timeout_s: float) -> LimaInstance:
-        """Bring ``name`` to Running (started by this call, or already). Never creates it."""
+    async def start(self, name: str, *, timeout_s: float) -> None:
+        """Bring ``name`` to Running (started by this call, or already). Never creates it.
+
+        A ``limactl start`` that returned 0 waited for ssh and provisioning: the instance is
+        ready then (its Running status alone would not say so)."""
         instance = await self.get(name)
         if instance is None:
             raise VMOperationFailed(
@@ -62,7 +65,7 @@ class Instances:
                 "would make a new, empty one: destroy the project VM and create it again"
             )
         if instance.status == RUNNING:
-            return instance
+            return
         if instance.status == BROKEN:
             raise VMOperationFailed(
                 f"Lima instance {name} is Broken ({'; '.join(instance.errors or [])}); look at "
@@ -74,14 +77,6 @@ class Instances:
             # A stuck boot: force it down and give it one more chance, as Lima's docs advise.
             await self.force_stop(name)
             await self._start(instance, timeout_s)
-        started = await self.get(name)
-        if started is None or started.status != RUNNING:
-            status = started.status if started else "gone"
-            raise VMOperationFailed(
-                f"Lima instance {name} is {status} right after `limactl start` succeeded: "
-                f"{await self.log_tail(instance)}"
-            )
-        return started
 
     async def _start(self, instance: LimaInstance, timeout_s: float) -> None:
         name = instance.name

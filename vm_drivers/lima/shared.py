@@ -63,7 +63,7 @@ class SharedPlacement:
     def directory(self, vm_id: str) -> str:
         return f"{self.root}/vms/{vm_id}"
 
-    async def ensure_running(self, name: str) -> LimaInstance:
+    async def ensure_running(self, name: str) -> None:
         async with self.instances.lock(name):
             instance = await self.instances.get(name)
             if instance is None:
@@ -73,7 +73,50 @@ class SharedPlacement:
                     f"create it (`limactl start --name={name} template:debian-12`), or unset "
                     "LIMA_INSTANCE for one instance per project",
                 )
-            return await self.instances.start(name, timeout_s=self.config.start_timeout_s)
+            await self.instances.start(name, timeout_s=self.config.start_timeout_s)
+
+    async def readiness(self, name: str) -> tuple[bool, str, dict[str, str]]:
+        """Whether projects can run in instance ``name``: usable, why, and what was found."""
+        instance = await self.instances.get(name)
+        if instance is None:
+            return (
+                False,
+                f"the shared Lima instance {name} (LIMA_INSTANCE) does not exist; create it "
+                f"(`limactl start --name={name} template:debian-12`) or unset LIMA_INSTANCE",
+                {},
+            )
+        if instance.status != RUNNING:
+            return True, f"shared Lima instance {name} is {instance.status}; it starts on use", {}
+        found = await self.guest.run(
+            name,
+            "for c in python3 bwrap; do command -v $c >/dev/null 2>&1 && echo $c; done; true",
+            action=f"looking for python3 and bubblewrap in Lima instance {name}",
+        )
+        tools = set(found.split())
+        confinement = "bubblewrap" if "bwrap" in tools else "none (no bubblewrap in the instance)"
+        if self.config.shared_sandbox == "none":
+            confinement = "none (shared_sandbox: none)"
+        details = {"confinement": confinement}
+        install = f"`limactl shell {name} sudo apt-get install -y"
+        if "python3" not in tools:
+            return (
+                False,
+                f"Lima instance {name} has no python3, which the guest agent needs; install it "
+                f"({install} python3`)",
+                details,
+            )
+        if self.config.shared_sandbox == "bwrap" and "bwrap" not in tools:
+            return (
+                False,
+                f"shared_sandbox is 'bwrap' but Lima instance {name} has no bubblewrap; install "
+                f"it ({install} bubblewrap`)",
+                details,
+            )
+        return (
+            True,
+            f"shared Lima instance {name} runs; projects are confined by {confinement}",
+            details,
+        )
 
     async def conflict(self, record: LimaVMRecord) -> str | None:
         return None  # the directory is named by the VM id, which is this VM's alone
