@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -161,3 +162,18 @@ async def test_output_before_the_marker_is_dropped(
     async with GuestClient(channel) as client:
         assert (await client.hello()).root == layout["root"]
     assert "Welcome to the VM" in (tmp_path / "launcher.log").read_text()
+
+
+def test_the_launcher_stays_python_3_8_and_stdlib_only() -> None:
+    source = LAUNCHER.read_text()
+    tree = ast.parse(source, feature_version=(3, 8))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    assert imported <= {"__future__", "json", "os", "shutil", "signal", "sys", "time", "typing"}
+    assert ".removeprefix(" not in source  # 3.9
