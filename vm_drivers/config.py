@@ -7,12 +7,13 @@ asked for.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from guest_runtime.image.rootfs import IMAGE_VERSION
+from guest_runtime.image.rootfs import IMAGE_VERSION, TEMPLATE_PACKAGES
 
 __all__ = [
     "DockerDriverConfig",
@@ -20,6 +21,8 @@ __all__ = [
     "DriverConfig",
     "FirecrackerDriverConfig",
     "FirecrackerJailerConfig",
+    "LimaDriverConfig",
+    "LimaTemplate",
     "LocalDriverConfig",
     "ProcessDriverConfig",
     "QemuDriverConfig",
@@ -318,12 +321,99 @@ class FirecrackerDriverConfig(_Config):
         return value
 
 
+class LimaTemplate(_Config):
+    """What a project type gets as a Lima instance (per-project mode)."""
+
+    base: str = Field(
+        default="template:_images/debian-12",
+        description="Lima base template giving the image (a project's own image setting wins)",
+    )
+    cpus: int = Field(default=2, gt=0, description="virtual CPUs when the project sets none")
+    memory_gib: float = Field(default=4, gt=0, description="memory when the project sets none")
+    disk_gib: float = Field(
+        default=50, gt=0, description="disk (the workspace lives on it) when the project sets none"
+    )
+    packages: list[str] = Field(
+        default_factory=lambda: list(TEMPLATE_PACKAGES["runtime"]),
+        description="packages the provisioning script installs when missing (apt or dnf)",
+    )
+
+
+def _default_lima_templates() -> dict[str, LimaTemplate]:
+    full = LimaTemplate()
+    return {
+        "development": full,
+        "analysis": full,
+        "deployment": full,
+        "sandbox": LimaTemplate(
+            cpus=1, memory_gib=1, disk_gib=20, packages=list(TEMPLATE_PACKAGES["minimal"])
+        ),
+    }
+
+
+class LimaDriverConfig(_Config):
+    """Lima 2.x VMs through ``limactl``: an instance per project, or sandboxes in a shared one."""
+
+    type: Literal["lima"] = "lima"
+    limactl: str = Field(default="limactl", description="limactl executable (name or path)")
+    lima_home: Path | None = Field(
+        default=None,
+        description="LIMA_HOME for limactl; default: limactl's own (LIMA_HOME, else ~/.lima). "
+        "Keep it short: Lima's socket paths under it must fit in 104 bytes",
+    )
+    shared_instance: str | None = Field(
+        default_factory=lambda: os.environ.get("LIMA_INSTANCE") or None,
+        description="run every project as a sandbox in this existing instance instead of one "
+        "instance per project; default: the LIMA_INSTANCE environment variable",
+    )
+    shared_root: str = Field(
+        default="~/projectvm",
+        description="directory in the shared instance that holds the projects' workspaces",
+    )
+    shared_sandbox: Literal["auto", "bwrap", "none"] = Field(
+        default="auto",
+        description="confinement in the shared instance: bwrap (required), auto (bwrap when the "
+        "instance has it) or none (file calls stay in the workspace, commands do not)",
+    )
+    instance_prefix: str = Field(
+        default="pvm-",
+        pattern=r"^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*[._-]$",
+        description="prefix of the instances this driver creates (gc looks for it)",
+    )
+    templates: dict[str, LimaTemplate] = Field(
+        default_factory=_default_lima_templates,
+        description="per project type: image, default resources, packages; 'development' is the "
+        "fallback",
+    )
+    vm_type: Literal["qemu", "vz", "krunkit"] | None = Field(
+        default=None, description="Lima VM type; default: Lima's (vz on macOS 13.5+, else qemu)"
+    )
+    create_timeout_s: float = Field(
+        default=1800, gt=0, description="first start of a new instance (downloads its image)"
+    )
+    start_timeout_s: float = Field(default=600, gt=0, description="start of an existing instance")
+    stop_timeout_s: float = Field(
+        default=240, gt=0, description="graceful stop before the driver forces it"
+    )
+    command_timeout_s: float = Field(
+        default=120, gt=0, description="any other limactl call (list, copy, edit, delete, shell)"
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _has_development(cls, value: dict[str, LimaTemplate]) -> dict[str, LimaTemplate]:
+        if "development" not in value:
+            raise ValueError("templates must include 'development' (the fallback)")
+        return value
+
+
 DriverConfig = Annotated[
     LocalDriverConfig
     | DockerDriverConfig
     | ProcessDriverConfig
     | QemuDriverConfig
-    | FirecrackerDriverConfig,
+    | FirecrackerDriverConfig
+    | LimaDriverConfig,
     Field(discriminator="type"),
 ]
 

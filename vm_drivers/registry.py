@@ -35,6 +35,7 @@ DRIVER_CLASSES: dict[str, str] = {
     "process": "vm_drivers.process:ProcessDriver",
     "qemu": "vm_drivers.qemu:QemuDriver",
     "firecracker": "vm_drivers.firecracker.driver:FirecrackerDriver",
+    "lima": "vm_drivers.lima:LimaDriver",
 }
 
 

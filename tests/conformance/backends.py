@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import lima
 from vm_drivers.registry import available_driver_names
 
 __all__ = ["BACKENDS", "Backend"]
@@ -73,7 +74,28 @@ async def _firecracker_kvm(
     yield {"binary": str(verdict.binary / "firecracker"), "images_dir": str(verdict.images)}
 
 
+@asynccontextmanager
+async def _lima(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """No Lima here: fake-limactl runs each instance as a bubblewrap sandbox (tests/fakes)."""
+    reason = lima.missing_tools()
+    if reason:
+        pytest.skip(f"lima cannot run here: {reason}")
+    async with lima.per_project_environment() as options:
+        yield options
+
+
+@asynccontextmanager
+async def _lima_shared(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """The seed's shared mode (LIMA_INSTANCE): projects as sandboxes in one fake instance."""
+    reason = lima.missing_tools()
+    if reason:
+        pytest.skip(f"lima cannot run here: {reason}")
+    async with lima.shared_environment() as options:
+        yield options
+
+
 VARIANTS: dict[str, list[Backend]] = {
+    "lima": [Backend("lima", "lima", _lima), Backend("lima-shared", "lima", _lima_shared)],
     "qemu": [Backend("qemu", "qemu", _qemu, needs=("qemu_images",))],
     "firecracker": [
         Backend(
