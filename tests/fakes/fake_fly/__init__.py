@@ -1,0 +1,15 @@
+"""A fake of the Fly Machines API and Fly Proxy, for testing the fly driver without network."""
+
+from .api import FakeFlyMachinesAPI, Gate, Injection
+from .deviations import SPEC_DEVIATIONS
+from .spec import SPEC_PATH, SpecValidator, SpecViolation
+
+__all__ = [
+    "SPEC_DEVIATIONS",
+    "SPEC_PATH",
+    "FakeFlyMachinesAPI",
+    "Gate",
+    "Injection",
+    "SpecValidator",
+    "SpecViolation",
+]
