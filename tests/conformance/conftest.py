@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,16 +17,34 @@ from guest_runtime.client import GuestClient
 from vm_drivers.base import DriverContext, VMDriver, VMSpec
 from vm_drivers.registry import DriverSet, available_driver_names
 
+from .backends import backend_options
+
 TEST_LABEL = "projectvm.test"
 
 
 @pytest.fixture(params=available_driver_names())
-async def drivers(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterator[DriverSet]:
-    driver_set = DriverSet(DriverContext.for_data_dir(data_dir))
-    availability = await driver_set.probe(request.param)
+def driver_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def driver_options(
+    driver_name: str, tmp_path: Path
+) -> AsyncIterator[dict[str, dict[str, Any]]]:
+    """Options per driver name: a stand-in backend's address where the driver needs one."""
+    async with backend_options(driver_name, tmp_path / "backend") as options:
+        yield {driver_name: options}
+
+
+@pytest.fixture
+async def drivers(
+    driver_name: str, driver_options: dict[str, dict[str, Any]], data_dir: Path
+) -> AsyncIterator[DriverSet]:
+    driver_set = DriverSet(DriverContext.for_data_dir(data_dir), driver_options)
+    availability = await driver_set.probe(driver_name)
     if not availability.usable:
         await driver_set.aclose()
-        pytest.skip(f"driver {request.param} is not usable here: {availability.reason}")
+        pytest.skip(f"driver {driver_name} is not usable here: {availability.reason}")
     try:
         yield driver_set
     finally:
@@ -33,9 +52,8 @@ async def drivers(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterat
 
 
 @pytest.fixture
-def driver(drivers: DriverSet, request: pytest.FixtureRequest) -> VMDriver:
-    name: str = request.node.callspec.params["drivers"]
-    return drivers.get(name)
+def driver(drivers: DriverSet, driver_name: str) -> VMDriver:
+    return drivers.get(driver_name)
 
 
 def spec(**overrides: object) -> VMSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,12 +59,16 @@ async def test_stopping_ends_the_channel_and_its_commands(driver: VMDriver, vm: 
 
 
 async def test_a_new_driver_instance_finds_the_vm_and_its_files(
-    driver: VMDriver, vm: str, data_dir: Path, request: pytest.FixtureRequest
+    driver: VMDriver,
+    vm: str,
+    data_dir: Path,
+    driver_name: str,
+    driver_options: dict[str, dict[str, Any]],
 ) -> None:
     async with GuestClient(await driver.open_channel(vm)) as client:
         await client.write_file("persist.bin", bytes(range(256)))
-    name = request.node.callspec.params["drivers"]
-    fresh = DriverSet(DriverContext.for_data_dir(data_dir))
+    name = driver_name
+    fresh = DriverSet(DriverContext.for_data_dir(data_dir), driver_options)
     try:
         restarted = fresh.get(name)
         assert vm in {v.vm_id for v in await restarted.list_vms()}

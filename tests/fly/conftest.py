@@ -14,18 +14,6 @@ from vm_drivers.base import DriverContext
 from vm_drivers.config import FlyDriverConfig
 from vm_drivers.fly.driver import FlyDriver
 
-# Fast enough for tests; every wait still has a bound.
-FAST: dict[str, Any] = {
-    "retry_initial_s": 0.01,
-    "retry_max_s": 0.05,
-    "rate_limit_wait_s": 0.05,
-    "lease_wait_s": 2,
-    "wait_timeout_s": 5,
-    "start_timeout_s": 30,
-    "channel_timeout_s": 20,
-    "stop_timeout_s": 5,
-}
-
 
 @pytest.fixture
 def requires_sandbox() -> None:
@@ -41,7 +29,7 @@ async def fake_fly(tmp_path: Path, requires_sandbox: None) -> AsyncIterator[Fake
 
 
 def make_driver(fake: FakeFlyMachinesAPI, data_dir: Path, **overrides: Any) -> FlyDriver:
-    options = {**fake.driver_options("http://fake-fly.invalid"), **FAST, **overrides}
+    options = {**fake.driver_options("http://fake-fly.invalid"), **overrides}
     config = FlyDriverConfig.model_validate(options)
     return FlyDriver(config, DriverContext.for_data_dir(data_dir), transport=fake.transport())
 

@@ -123,9 +123,9 @@ def machine_status(state: str) -> VMStatus:
 
 
 def _events_summary(machine: Machine) -> str:
-    """What the last few events say (an exit code, a launch error), for error messages."""
+    """What the latest events say (an exit code, a launch error), for error messages."""
     parts = []
-    for event in machine.events[-3:]:
+    for event in machine.events[:3]:  # newest first, as Fly lists them
         detail = ""
         request = event.request if isinstance(event.request, dict) else {}
         exit_event = request.get("exit_event")
@@ -540,7 +540,7 @@ class FlyDriver:
             try:
                 record = await self._provision(record)
                 await self._probe_agent(vm_id, record)
-            except DriverError as err:
+            except (DriverError, GuestUnreachable) as err:
                 cleaned = await self._clean_up_failed_creation(vm_id, app)
                 raise VMCreationFailed(
                     f"could not create VM {vm_id} on Fly: {err}"
@@ -579,7 +579,16 @@ class FlyDriver:
         assert record.machine_id is not None
         token = self.state.token(vm_id)
         assert token is not None
-        stream = await self._connect(vm_id, record.app, record.machine_id, token)
+        try:
+            stream = await self._connect(vm_id, record.app, record.machine_id, token)
+        except GuestUnreachable as err:
+            machine = await self._call(
+                f"looking up {record.machine_id}",
+                self.api().get_machine(record.app, record.machine_id),
+            )
+            raise GuestUnreachable(
+                f"{err}; the Machine is {machine.state} ({_events_summary(machine)})"
+            ) from err
         await stream.aclose()
 
     # -- lifecycle ----------------------------------------------------------------------------

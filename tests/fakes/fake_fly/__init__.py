@@ -1,12 +1,13 @@
 """A fake of the Fly Machines API and Fly Proxy, for testing the fly driver without network."""
 
-from .api import FakeFlyMachinesAPI, Gate, Injection
+from .api import TEST_TIMINGS, FakeFlyMachinesAPI, Gate, Injection
 from .deviations import SPEC_DEVIATIONS
 from .spec import SPEC_PATH, SpecValidator, SpecViolation
 
 __all__ = [
     "SPEC_DEVIATIONS",
     "SPEC_PATH",
+    "TEST_TIMINGS",
     "FakeFlyMachinesAPI",
     "Gate",
     "Injection",

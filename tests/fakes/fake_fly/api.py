@@ -11,8 +11,9 @@ empty. Behaviour follows the live API as the research notes describe it; where i
 
 Knobs for tests: ``fail_next`` (inject a status, also after the change was made: the "silent
 success"), ``hold_lease`` (someone else's lease), ``failing_images`` (Machines that never
-boot), ``volume_region`` (volumes land in another region), ``refuse_suspend``, ``gate``
-(pause an answer after its change was made, to kill a client in between).
+boot), ``crashing_images`` (whose main process dies at once), ``volume_region`` (volumes land in
+another region), ``refuse_suspend``, ``gate`` (pause an answer after its change was made, to
+kill a client in between).
 
 Served two ways: ``transport()`` for httpx in-process, ``serve_http()`` on a local port.
 """
@@ -43,7 +44,19 @@ from .proxy import Route as ProxyRoute
 from .sandbox import FakeLaunchError, MachineSandbox
 from .spec import Operation, SpecValidator, SpecViolation
 
-__all__ = ["FakeFlyMachinesAPI", "Gate", "Injection"]
+__all__ = ["TEST_TIMINGS", "FakeFlyMachinesAPI", "Gate", "Injection"]
+
+# Driver timings for tests: quick retries, still bounded waits.
+TEST_TIMINGS: dict[str, Any] = {
+    "retry_initial_s": 0.01,
+    "retry_max_s": 0.05,
+    "rate_limit_wait_s": 0.05,
+    "lease_wait_s": 2,
+    "wait_timeout_s": 5,
+    "start_timeout_s": 30,
+    "channel_timeout_s": 20,
+    "stop_timeout_s": 5,
+}
 
 Answer = tuple[int, Any]
 Handler = Callable[["_Call"], Awaitable[Answer]]
@@ -215,7 +228,8 @@ class FakeFlyMachinesAPI:
         # Knobs.
         self.injections: list[Injection] = []
         self.gates: list[Gate] = []
-        self.failing_images: set[str] = set()
+        self.failing_images: set[str] = set()  # never boot (an image that cannot be pulled)
+        self.crashing_images: set[str] = set()  # boot, then the main process exits 127
         self.volume_region: str | None = None
         self.refuse_suspend = False
         self.stop_grace_s = 5.0
@@ -225,6 +239,8 @@ class FakeFlyMachinesAPI:
         self.violations: list[str] = []
         self.proxy = FakeFlyProxy(self._route)
         self._changed = anyio.Event()
+        self._closing = False
+        self._sandboxes: set[MachineSandbox] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._server: uvicorn.Server | None = None
         self._server_done = anyio.Event()
@@ -272,10 +288,10 @@ class FakeFlyMachinesAPI:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True  # no more boots or restarts
         with anyio.CancelScope(shield=True):
-            for machine in self.machines.values():
-                if machine.sandbox is not None:
-                    await machine.sandbox.kill()
+            for sandbox in list(self._sandboxes):
+                await sandbox.kill()
             if self._server is not None:
                 self._server.should_exit = True
             await self.proxy.aclose()
@@ -326,6 +342,7 @@ class FakeFlyMachinesAPI:
             "image": "registry.fly.io/projectvm-runtime:fake",
             "proxy_url": "ws://{app}.fly.dev/rpc",
             "proxy_address": self.proxy_address,
+            **TEST_TIMINGS,
         }
 
     def assert_clean(self) -> None:
@@ -671,7 +688,7 @@ class FakeFlyMachinesAPI:
     async def _run_machine(self, machine: FakeMachine) -> None:
         """Launch the Machine's sandbox; when its main process ends, the Machine stops (or
         restarts, per its restart policy)."""
-        while True:
+        while not self._closing:
             machine.boots += 1
             if machine.config.get("image") in self.failing_images:
                 self._set_state(machine, "failed", "launch", error="failed to pull the image")
@@ -681,13 +698,21 @@ class FakeFlyMachinesAPI:
             except (FakeLaunchError, OSError) as err:
                 self._set_state(machine, "failed", "launch", error=str(err))
                 return
-            machine.sandbox = sandbox
-            self._set_state(machine, "started", "start")
-            code = await sandbox.process.wait()
-            machine.sandbox = None
-            await sandbox.kill()
-            if machine.state in ("stopping", "destroying", "destroyed", "stopped"):
-                return  # asked to end: the caller sets the final state
+            self._sandboxes.add(sandbox)
+            try:
+                if self._closing or machine.state != "starting":
+                    return  # stopped or destroyed while it booted
+                machine.sandbox = sandbox
+                self._set_state(machine, "started", "start")
+                code = await sandbox.process.wait()
+                if machine.sandbox is sandbox:
+                    machine.sandbox = None
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await sandbox.kill()
+                self._sandboxes.discard(sandbox)
+            if self._closing or machine.state != "started":
+                return  # asked to end: whoever asked sets the final state
             restart = machine.config.get("restart") or {}
             retries = restart.get("max_retries") or 10
             if (
@@ -718,6 +743,11 @@ class FakeFlyMachinesAPI:
             "FLY_PRIVATE_IP": "fdaa:0:1:a7b:1::2",
             "FLY_VM_MEMORY_MB": str(guest.get("memory_mb", 256)),
         }
+        if config.get("image") in self.crashing_images:
+            init = dict(config.get("init") or {})
+            crash = "echo 'exec: python3: not found' >&2; exit 127"
+            init["exec"] = ["sh", "-c", crash, *init.get("exec", [])]
+            config = {**config, "init": init}
         return await MachineSandbox.launch(
             bwrap=self.bwrap,
             machine_dir=machine.directory,
