@@ -37,7 +37,7 @@ class HttpAgent:
 
 @asynccontextmanager
 async def http_agent(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, python: str = sys.executable
 ) -> AsyncIterator[HttpAgent]:
     """The agent serving ``--http 127.0.0.1:0``, its token in a file unless ``extra`` says."""
     root = tmp_path / "workspace"
@@ -46,7 +46,7 @@ async def http_agent(
     token_file.write_text(TOKEN + "\n")
     zipapp = write_agent_zipapp(tmp_path / "agent")
     token_args = [] if any(a.startswith("--token") for a in extra) else ["--token-file"]
-    argv = [sys.executable, str(zipapp), "--root", str(root), "--http", "127.0.0.1:0"]
+    argv = [python, str(zipapp), "--root", str(root), "--http", "127.0.0.1:0"]
     argv += [*token_args, str(token_file)] if token_args else []
     argv += list(extra)
     process = await anyio.open_process(

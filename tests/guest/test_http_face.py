@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -99,6 +100,40 @@ async def test_the_whole_protocol_runs_over_the_websocket(agent: HttpAgent) -> N
         big = bytes(range(256)) * 20_000  # 5 MB: many frames, one message
         await client.write_file("big.bin", big)
         assert (await client.read_file("big.bin")).data == big
+
+
+def oldest_python() -> str | None:
+    """A Python 3.8 on this machine (PATH or pyenv), the oldest the agent supports."""
+    found = sorted(Path.home().glob(".pyenv/versions/3.8*/bin/python3.8"))
+    candidates = [shutil.which("python3.8"), *map(str, found)]
+    for candidate in candidates:
+        if (
+            candidate
+            and subprocess.run(
+                [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 8)"],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        ):
+            return candidate
+    return None
+
+
+OLDEST_PYTHON = oldest_python()  # looked up once, at collection
+
+
+async def test_the_http_face_runs_on_python_3_8(tmp_path: Path) -> None:
+    python = OLDEST_PYTHON
+    if python is None:
+        pytest.skip("no Python 3.8 on this machine to check the agent's oldest supported version")
+    async with (
+        http_agent(tmp_path, "--ping-interval", "0", python=python) as agent,
+        await connect(agent) as client,
+    ):
+        assert (await client.hello()).python.startswith("3.8")
+        exit_info, out, _, _ = await run(client, "echo from 3.8")
+        assert (exit_info.exit_code, out) == (0, b"from 3.8\n")
 
 
 async def test_the_token_is_not_in_the_environment_of_commands(tmp_path: Path) -> None:
