@@ -364,3 +364,50 @@ async def test_the_fake_refuses_a_request_the_spec_does_not_allow(
     assert "app_nam" in fake_fly.violations[0]
     assert fake_fly.apps == {}
     fake_fly.violations.clear()  # seen and expected: the fixture checks the rest
+
+
+async def test_a_start_with_a_bigger_spec_resizes_the_machine_and_keeps_the_workspace(
+    fly_driver: FlyDriver, fake_fly: FakeFlyMachinesAPI
+) -> None:
+    spec = new_spec(memory_mb=1024)
+    vm = (await fly_driver.create_project_vm(spec)).vm_id
+    async with GuestClient(await fly_driver.open_channel(vm)) as client:
+        await client.write_file("kept.txt", b"still here")
+    await fly_driver.stop_project_vm(vm)
+    await fly_driver.start_project_vm(vm, spec.model_copy(update={"cpus": 2, "memory_mb": 2048}))
+    [machine] = fake_fly.live_machines()
+    assert machine.config["guest"] == {"cpu_kind": "shared", "cpus": 2, "memory_mb": 2048}
+    assert machine.state == "started"
+    async with GuestClient(await fly_driver.open_channel(vm)) as client:
+        assert (await client.read_file("kept.txt")).data == b"still here"
+
+
+async def test_a_start_with_nothing_changed_does_not_update_the_machine(
+    fly_driver: FlyDriver, fake_fly: FakeFlyMachinesAPI
+) -> None:
+    spec = new_spec()
+    vm = (await fly_driver.create_project_vm(spec)).vm_id
+    await fly_driver.stop_project_vm(vm)
+    await fly_driver.start_project_vm(vm, spec)
+    [machine] = fake_fly.live_machines()
+    updates = [
+        r
+        for r in fake_fly.requests
+        if r == ("POST", f"/v1/apps/{machine.app}/machines/{machine.id}")
+    ]
+    assert updates == []
+
+
+async def test_an_old_agent_in_the_machine_config_is_replaced_at_the_next_start(
+    fly_driver: FlyDriver, fake_fly: FakeFlyMachinesAPI
+) -> None:
+    vm = (await fly_driver.create_project_vm(new_spec())).vm_id
+    await fly_driver.stop_project_vm(vm)
+    [machine] = fake_fly.live_machines()
+    # What an older ProjectVM injected (here: not even a working program).
+    machine.config["files"][0]["raw_value"] = "b2xkIGFnZW50"
+    version = machine.instance_id
+    await fly_driver.start_project_vm(vm)
+    assert machine.instance_id != version
+    async with GuestClient(await fly_driver.open_channel(vm)) as client:
+        assert (await client.hello()).protocol_version == 1

@@ -33,6 +33,7 @@ from vm_drivers.fly.models import (
     Machine,
     SetSecretsRequest,
     StopRequest,
+    UpdateMachineRequest,
     Volume,
 )
 
@@ -300,6 +301,13 @@ class FlyMachinesAPI:
 
     async def create_machine(self, app: str, request: CreateMachineRequest) -> Machine:
         response = await self._send("POST", f"/apps/{app}/machines", body=request.body())
+        return self._parse(Machine, response)  # type: ignore[no-any-return]
+
+    async def update_machine(
+        self, app: str, machine_id: str, request: UpdateMachineRequest, nonce: str | None
+    ) -> Machine:
+        path = f"/apps/{app}/machines/{machine_id}"
+        response = await self._send("POST", path, body=request.body(), nonce=nonce)
         return self._parse(Machine, response)  # type: ignore[no-any-return]
 
     async def start_machine(self, app: str, machine_id: str, nonce: str | None) -> None:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import anyio.abc
@@ -73,6 +73,7 @@ from vm_drivers.fly.models import (
     MachineService,
     StopConfig,
     StopRequest,
+    UpdateMachineRequest,
     Volume,
 )
 from vm_drivers.fly.state import FlyStateStore, FlyVMRecord
@@ -263,7 +264,7 @@ class FlyDriver:
         api = self.api()
         timeout = self.config.start_timeout_s
         deadline = anyio.current_time() + timeout
-        instance_id = machine.instance_id if state == "stopped" else ""
+        instance_id = machine.instance_id  # this version of it (an update makes a new one)
         current = machine
         while True:
             remaining = deadline - anyio.current_time()
@@ -615,12 +616,58 @@ class FlyDriver:
                 return
             if self.state.token(vm_id) is None:
                 machine = await self._rekey(vm_id, app, machine)
+            if record is not None:
+                machine = await self._update_if_changed(record, app, machine, spec)
             if machine.state == "started":
                 return
             async with self._lease(app, machine.id) as nonce:
                 if machine.state not in ("starting",):
                     await self._start_leased(app, machine, nonce)
                 await self._wait_for(app, machine, "started")
+
+    @staticmethod
+    def _differences(current: dict[str, Any], desired: MachineConfig) -> list[str]:
+        """What of ours differs in a Machine's config (fields Fly adds are not compared)."""
+        wanted = desired.body()
+        changed = []
+        if current.get("image") != wanted["image"]:
+            changed.append("image")
+        guest = current.get("guest") or {}
+        if any(guest.get(key) != value for key, value in wanted["guest"].items()):
+            changed.append("size")
+        files = {f.get("guest_path"): f.get("raw_value") for f in current.get("files") or []}
+        if any(files.get(f["guest_path"]) != f["raw_value"] for f in wanted["files"]):
+            changed.append("agent")
+        metadata = current.get("metadata") or {}
+        if any(metadata.get(key) != value for key, value in wanted["metadata"].items()):
+            changed.append("labels")
+        return changed
+
+    async def _update_if_changed(
+        self, record: FlyVMRecord, app: str, machine: Machine, spec: VMSpec | None
+    ) -> Machine:
+        """Bring the Machine's config in line with the spec and the current agent (a new
+        ProjectVM version brings a new agent: it is injected at boot from the config)."""
+        if spec is not None and spec != record.spec:
+            record = record.model_copy(update={"spec": spec})
+            self.state.save(record)
+        mounts = machine.config.get("mounts") or [{}]
+        volume = Volume(id=str(mounts[0].get("volume") or record.volume_id), region=machine.region)
+        desired = self._machine_config(record, volume)
+        changed = self._differences(machine.config, desired)
+        if not changed:
+            return machine
+        log.info("updating Machine %s of %s: %s changed", machine.id, app, ", ".join(changed))
+        running = machine.state == "started"
+        request = UpdateMachineRequest(config=desired, skip_launch=not running)
+        async with self._lease(app, machine.id) as nonce:
+            updated = await self._call(
+                f"updating Machine {machine.id} ({', '.join(changed)} changed)",
+                self.api().update_machine(app, machine.id, request, nonce),
+            )
+            if running:
+                updated = await self._wait_for(app, updated, "started")
+        return updated
 
     async def resume_project_vm(self, vm_id: str) -> None:
         """Wake a suspended (or stopped) VM: its memory comes back if Fly kept the snapshot."""

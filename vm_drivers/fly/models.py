@@ -34,6 +34,7 @@ __all__ = [
     "SetSecretsRequest",
     "StopConfig",
     "StopRequest",
+    "UpdateMachineRequest",
     "Volume",
 ]
 
@@ -142,6 +143,13 @@ class CreateMachineRequest(_Request):
     region: str
     config: MachineConfig
     lease_ttl: int | None = None
+
+
+class UpdateMachineRequest(_Request):
+    """An update replaces the whole config (there is no PATCH); it restarts a running Machine."""
+
+    config: MachineConfig
+    skip_launch: bool = False
 
 
 class CreateLeaseRequest(_Request):

@@ -268,6 +268,7 @@ class FakeFlyMachinesAPI:
             "Machines_list": self._machines_list,
             "Machines_create": self._machines_create,
             "Machines_show": self._machines_show,
+            "Machines_update": self._machines_update,
             "Machines_start": self._machines_start,
             "Machines_stop": self._machines_stop,
             "Machines_suspend": self._machines_suspend,
@@ -680,6 +681,34 @@ class FakeFlyMachinesAPI:
     async def _machines_show(self, call: _Call) -> Answer:
         return 200, self._machine(call).to_wire()
 
+    async def _machines_update(self, call: _Call) -> Answer:
+        machine = self._machine(call)
+        self._check_lease(machine, call.nonce)
+        body = call.body
+        config = body.get("config") or {}
+        if not config.get("image"):
+            raise _Refusal(400, "config.image is required")
+        if body.get("region") not in (None, machine.region) or body.get("name") not in (
+            None,
+            machine.name,
+        ):
+            raise _Refusal(400, "name and region cannot change; destroy and create instead")
+        volumes = lambda c: [m.get("volume") for m in c.get("mounts") or []]  # noqa: E731
+        if volumes(config) != volumes(machine.config):
+            raise _Refusal(400, "the mounted volume cannot change; destroy and create instead")
+        was_running = machine.state == "started"
+        machine.config = config
+        machine.instance_id = _id("01")  # every config update is a new version
+        sandbox, machine.sandbox = machine.sandbox, None
+        if sandbox is not None:
+            self._set_state(machine, "replacing", "update")
+            await sandbox.stop(signal.SIGTERM, self.stop_grace_s)
+            self._set_state(machine, "stopped", "update")
+        if was_running or not body.get("skip_launch"):
+            machine.restarts = 0
+            self._boot(machine)
+        return 200, machine.to_wire()
+
     def _boot(self, machine: FakeMachine) -> None:
         self._set_state(machine, "starting", "start")
         assert self._task_group is not None
@@ -790,7 +819,6 @@ class FakeFlyMachinesAPI:
         if sandbox is not None:
             machine.sandbox = None
             await sandbox.stop(signum, self.stop_grace_s)
-        machine.instance_id = _id("01")  # a stopped Machine boots as a new instance
         self._set_state(machine, "stopped", "stop")
 
     async def _machines_suspend(self, call: _Call) -> Answer:
