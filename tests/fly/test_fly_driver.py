@@ -151,7 +151,8 @@ async def test_a_create_that_succeeded_behind_an_error_is_not_repeated(
     fly_driver: FlyDriver, fake_fly: FakeFlyMachinesAPI
 ) -> None:
     # The Machine is made, then the answer is lost (Fly's "silent success").
-    fake_fly.fail_next("POST", "/apps/*/machines", 502, after_commit=True)
+    fake_fly.fail_next("POST", "/apps/*/machines", 408, after_commit=True)
+    fake_fly.fail_next("POST", "/apps", 502, after_commit=True)
     fake_fly.fail_next("POST", "/apps/*/volumes", 500, after_commit=True)
     await fly_driver.create_project_vm(new_spec())
     assert len(fake_fly.live_machines()) == 1

@@ -83,6 +83,11 @@ class FlyAPIError(Exception):
         """Worth another try later: rate limited, a platform error, or no answer."""
         return self.status_code in (0, 429) or self.status_code >= 500
 
+    @property
+    def ambiguous(self) -> bool:
+        """A create may have happened anyway (a 408 can hide a committed Machine): look first."""
+        return self.transient or self.status_code == 408
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

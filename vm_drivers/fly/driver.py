@@ -411,7 +411,7 @@ class FlyDriver:
             except FlyAPIError as err:
                 if err.status_code == 422 and err.fly_status == "name_taken":
                     continue  # ours from an earlier try, or someone else's: the lookup says
-                if not err.transient:
+                if not err.ambiguous:
                     raise translate_fly_error(err, f"creating app {app}") from err
                 await anyio.sleep(self._retry.delay(attempt, err))
         raise VMCreationFailed(
@@ -465,7 +465,7 @@ class FlyDriver:
                 volume = await api.create_volume(record.app, request)
                 break
             except FlyAPIError as err:
-                if not err.transient:
+                if not err.ambiguous:
                     raise translate_fly_error(err, f"creating the volume of {record.app}") from err
                 await anyio.sleep(self._retry.delay(attempt, err))
         else:
@@ -495,7 +495,7 @@ class FlyDriver:
                 machine = await api.create_machine(record.app, request)
                 break
             except FlyAPIError as err:
-                if not err.transient:
+                if not err.ambiguous:
                     raise translate_fly_error(err, f"creating the Machine of {record.app}") from err
                 await anyio.sleep(self._retry.delay(attempt, err))
         else:
