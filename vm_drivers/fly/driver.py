@@ -266,6 +266,7 @@ class FlyDriver:
         deadline = anyio.current_time() + timeout
         instance_id = machine.instance_id  # this version of it (an update makes a new one)
         current = machine
+        rounds = 0
         while True:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
@@ -274,7 +275,9 @@ class FlyDriver:
                     f"(it is {current.state}: {_events_summary(current)}); try again, or look at "
                     f"`fly logs -a {app}`"
                 )
-            chunk = min(self.config.wait_timeout_s, math.ceil(remaining))
+            # Short waits first: a Machine that fails says so only when asked again.
+            chunk = min(self.config.wait_timeout_s, 2**rounds, math.ceil(remaining))
+            rounds += 1
             reached = await self._call(
                 f"waiting for Machine {machine.id} to be {state}",
                 api.wait_machine(app, machine.id, state, chunk, instance_id),
