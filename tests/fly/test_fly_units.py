@@ -21,9 +21,10 @@ from vm_drivers.errors import (
     VMResourceExhausted,
 )
 from vm_drivers.fly.api import FlyAPIError, RetryPolicy, authorization_header
-from vm_drivers.fly.driver import FlyDriver, machine_status
+from vm_drivers.fly.driver import FlyDriver
 from vm_drivers.fly.errors import translate_fly_error
 from vm_drivers.fly.guest import guest_for, preset_name
+from vm_drivers.fly.machines import machine_status
 from vm_drivers.registry import available_driver_names
 
 SHARED_SPEC = Path(__file__).resolve().parents[2].parent / "shared/specs/fly-machines-api.json"

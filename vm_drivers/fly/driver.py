@@ -15,24 +15,21 @@ repeated before looking (by name and metadata) for what it may have made. Sleep 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import anyio
 import anyio.abc
 import httpx
 from pydantic import SecretStr
 
-from guest_runtime.bundle import agent_zipapp
 from vm_drivers.base import (
     LABEL_INSTANCE,
     LABEL_PROJECT,
@@ -48,96 +45,49 @@ from vm_drivers.base import (
 from vm_drivers.config import FlyDriverConfig
 from vm_drivers.errors import (
     DriverError,
-    DriverTimeout,
     DriverUnavailable,
     GuestUnreachable,
     VMCreationFailed,
     VMNotFound,
-    VMOperationFailed,
 )
 from vm_drivers.fly.api import DEFAULT_BASE_URL, FlyAPIError, FlyMachinesAPI, RetryPolicy
 from vm_drivers.fly.errors import translate_fly_error
 from vm_drivers.fly.guest import guest_for, preset_name
+from vm_drivers.fly.machines import (
+    GONE_STATES,
+    MACHINE_NAME,
+    META_INSTANCE,
+    META_LABELS,
+    META_PROJECT,
+    META_VM,
+    TOKEN_SECRET,
+    VOLUME_NAME,
+    config_differences,
+    events_summary,
+    guest_wish,
+    machine_config,
+    machine_status,
+)
 from vm_drivers.fly.models import (
     CreateAppRequest,
     CreateMachineRequest,
     CreateVolumeRequest,
     IPAssignmentRequest,
     Machine,
-    MachineConfig,
-    MachineFile,
-    MachineInit,
-    MachineMount,
-    MachinePort,
-    MachineRestart,
-    MachineService,
-    StopConfig,
-    StopRequest,
     UpdateMachineRequest,
     Volume,
 )
+from vm_drivers.fly.operations import MachineOperations, call
 from vm_drivers.fly.state import FlyStateStore, FlyVMRecord
 from vm_drivers.streams_ws import WebSocketByteStream, WebSocketRejected, connect_websocket
 
-__all__ = ["FlyDriver", "machine_status"]
+__all__ = ["FlyDriver"]
 
 T = TypeVar("T")
 log = logging.getLogger("projectvm.fly")
 
-WORKSPACE = "/workspace"
-AGENT_PATH = "/.projectvm/agent.pyz"
-TOKEN_SECRET = "PROJECTVM_AGENT_TOKEN"
-MACHINE_NAME = "workspace"
-VOLUME_NAME = "workspace"
 FORCE_INSTANCE_HEADER = "fly-force-instance-id"
 MAX_APP_NAME = 63
-# Metadata keys use underscores: Fly's own keys do, the list filter is metadata.<key>=, and
-# metadata also becomes DNS labels. The exact labels (dots and all) travel as JSON.
-META_PROJECT = "projectvm_project"
-META_VM = "projectvm_vm"
-META_INSTANCE = "projectvm_instance"
-META_LAUNCH = "projectvm_launch_id"
-META_LABELS = "projectvm_labels"
-GONE_STATES = {"destroying", "destroyed", "replaced", "migrated"}
-_STATUS = {
-    "created": VMStatus.STOPPED,  # made but never booted: a start boots it
-    "creating": VMStatus.CREATING,
-    "starting": VMStatus.CREATING,
-    "restarting": VMStatus.CREATING,
-    "replacing": VMStatus.CREATING,
-    "updating": VMStatus.CREATING,
-    "started": VMStatus.RUNNING,
-    "stopping": VMStatus.STOPPED,
-    "stopped": VMStatus.STOPPED,
-    "suspending": VMStatus.STOPPED,
-    "suspended": VMStatus.STOPPED,
-    "failed": VMStatus.FAILED,
-    "launch_failed": VMStatus.FAILED,
-    "destroying": VMStatus.DESTROYING,
-    "destroyed": VMStatus.DESTROYING,
-}
-
-
-def machine_status(state: str) -> VMStatus:
-    """ProjectVM's view of a Fly Machine state (unknown states count as failed)."""
-    return _STATUS.get(state, VMStatus.FAILED)
-
-
-def _events_summary(machine: Machine) -> str:
-    """What the latest events say (an exit code, a launch error), for error messages."""
-    parts = []
-    for event in machine.events[:3]:  # newest first, as Fly lists them
-        detail = ""
-        request = event.request if isinstance(event.request, dict) else {}
-        exit_event = request.get("exit_event")
-        if isinstance(exit_event, dict):
-            detail = f" exit code {exit_event.get('exit_code')}"
-            if exit_event.get("oom_killed"):
-                detail += " (out of memory)"
-        elif request.get("error"):
-            detail = f" {request['error']}"
-        parts.append(f"{event.type} {event.status}{detail}".strip())
-    return "; ".join(parts) or "no events"
 
 
 class FlyDriver:
@@ -163,6 +113,7 @@ class FlyDriver:
             max_s=config.retry_max_s,
             rate_limit_floor_s=config.rate_limit_wait_s,
         )
+        self.ops = MachineOperations(self.api, config, self._retry)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -191,11 +142,8 @@ class FlyDriver:
             )
         return self._client
 
-    async def _call(self, action: str, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except FlyAPIError as err:
-            raise translate_fly_error(err, action) from err
+    async def _call(self, action: str, awaitable: Awaitable[T]) -> T:
+        return await call(action, awaitable)
 
     def _lock(self, vm_id: str) -> anyio.Lock:
         return self._locks.setdefault(vm_id, anyio.Lock())
@@ -257,136 +205,7 @@ class FlyDriver:
             self.state.save(record.model_copy(update={"machine_id": machines[0].id}))
         return app, machines[0] if machines else None
 
-    # -- waiting and leasing ------------------------------------------------------------------
-
-    async def _wait_for(self, app: str, machine: Machine, state: str) -> Machine:
-        """Until ``machine`` is in ``state``; a Machine that can no longer get there fails."""
-        api = self.api()
-        timeout = self.config.start_timeout_s
-        deadline = anyio.current_time() + timeout
-        instance_id = machine.instance_id  # this version of it (an update makes a new one)
-        current = machine
-        rounds = 0
-        while True:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                raise DriverTimeout(
-                    f"Machine {machine.id} of {app} did not become {state} within {timeout:g}s "
-                    f"(it is {current.state}: {_events_summary(current)}); try again, or look at "
-                    f"`fly logs -a {app}`"
-                )
-            # Short waits first: a Machine that fails says so only when asked again.
-            chunk = min(self.config.wait_timeout_s, 2**rounds, math.ceil(remaining))
-            rounds += 1
-            reached = await self._call(
-                f"waiting for Machine {machine.id} to be {state}",
-                api.wait_machine(app, machine.id, state, chunk, instance_id),
-            )
-            current = await self._call(
-                f"looking up Machine {machine.id}", api.get_machine(app, machine.id)
-            )
-            if reached or current.state == state:
-                return current
-            hopeless = current.state in ("failed", "launch_failed") or current.state in GONE_STATES
-            if state == "started" and current.state in ("stopped", "suspended"):
-                hopeless = True  # it ran and exited (the agent crashed or was killed)
-            if hopeless:
-                raise VMOperationFailed(
-                    f"Machine {machine.id} of {app} is {current.state} instead of {state} "
-                    f"({_events_summary(current)}); check the image has python3, and "
-                    f"`fly logs -a {app}`"
-                )
-
-    async def _acquire_lease(self, app: str, machine_id: str) -> str:
-        """A lease nonce; a lease someone else holds is waited for, up to ``lease_wait_s``."""
-        deadline = anyio.current_time() + self.config.lease_wait_s
-        attempt = 0
-        while True:
-            try:
-                lease = await self.api().acquire_lease(
-                    app, machine_id, self.config.lease_ttl_s, "projectvm"
-                )
-                return lease.nonce
-            except FlyAPIError as err:
-                if err.status_code != 409 and not err.transient:
-                    raise translate_fly_error(err, f"leasing Machine {machine_id}") from err
-                delay = self._retry.delay(attempt, err)
-                attempt += 1
-                if anyio.current_time() + delay > deadline:
-                    if err.status_code == 409:
-                        raise VMOperationFailed(
-                            f"Machine {machine_id} of {app} is leased by someone else "
-                            f"({err.message}); waited {self.config.lease_wait_s:g}s. Another "
-                            "tool (such as `fly machine update`) is changing it: try again "
-                            "when it is done"
-                        ) from err
-                    raise translate_fly_error(err, f"leasing Machine {machine_id}") from err
-                await anyio.sleep(delay)
-
-    @asynccontextmanager
-    async def _lease(
-        self, app: str, machine_id: str, nonce: str | None = None
-    ) -> AsyncIterator[str]:
-        """Hold the Machine's lease for the block (``nonce``: one already held)."""
-        if nonce is None:
-            nonce = await self._acquire_lease(app, machine_id)
-        try:
-            yield nonce
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                try:
-                    await self.api().release_lease(app, machine_id, nonce)
-                except FlyAPIError as err:
-                    if err.status_code != 404:  # gone with its Machine, or expires by itself
-                        log.info("releasing the lease on %s failed: %s", machine_id, err)
-
     # -- creation -----------------------------------------------------------------------------
-
-    def _metadata(self, vm_id: str, spec: VMSpec, launch_id: str) -> dict[str, str]:
-        labels = {**spec.labels, **self.context.labels(spec.project_id, vm_id)}
-        return {
-            META_PROJECT: spec.project_id,
-            META_VM: vm_id,
-            META_INSTANCE: self.context.instance_id,
-            META_LAUNCH: launch_id,
-            META_LABELS: json.dumps(labels, sort_keys=True, separators=(",", ":")),
-        }
-
-    def _guest_of(self, spec: VMSpec) -> tuple[float, int]:
-        return spec.cpus or self.config.cpus, spec.memory_mb or self.config.memory_mb
-
-    def _machine_config(self, record: FlyVMRecord, volume: Volume) -> MachineConfig:
-        spec = record.spec
-        cpus, memory_mb = self._guest_of(spec)
-        port = self.config.agent_port
-        agent = base64.b64encode(agent_zipapp()).decode()
-        return MachineConfig(
-            image=spec.image or self.config.image,
-            guest=guest_for(cpus, memory_mb, self.config.cpu_kind),
-            env={"PROJECTVM_PROJECT_ID": spec.project_id, "HOME": WORKSPACE, "LANG": "C.UTF-8"},
-            init=MachineInit(
-                exec=[
-                    "python3",
-                    AGENT_PATH,
-                    "--root",
-                    WORKSPACE,
-                    "--http",
-                    f"0.0.0.0:{port}",
-                    "--token-env",
-                    TOKEN_SECRET,
-                ]
-            ),
-            files=[MachineFile(guest_path=AGENT_PATH, raw_value=agent)],
-            mounts=[MachineMount(volume=volume.id, path=WORKSPACE)],
-            services=[
-                MachineService(
-                    internal_port=port, ports=[MachinePort(port=443, handlers=["tls", "http"])]
-                )
-            ],
-            restart=MachineRestart(policy="on-failure", max_retries=5),
-            stop_config=StopConfig(signal="SIGTERM", timeout=f"{self.config.stop_timeout_s}s"),
-            metadata=self._metadata(record.vm_id, spec, record.launch_id),
-        )
 
     async def _ensure_app(self, record: FlyVMRecord) -> None:
         api = self.api()
@@ -443,7 +262,7 @@ class FlyDriver:
     async def _ensure_volume(self, record: FlyVMRecord) -> tuple[FlyVMRecord, Volume]:
         api = self.api()
         spec = record.spec
-        cpus, memory_mb = self._guest_of(spec)
+        cpus, memory_mb = guest_wish(spec, self.config)
         request = CreateVolumeRequest(
             name=VOLUME_NAME,
             region=self.config.region,
@@ -486,7 +305,7 @@ class FlyDriver:
         request = CreateMachineRequest(
             name=MACHINE_NAME,
             region=volume.region,  # the volume decides: it lives on one host
-            config=self._machine_config(record, volume),
+            config=machine_config(record, volume, self.config, self.context),
             lease_ttl=self.config.lease_ttl_s,
         )
         for attempt in range(self._retry.attempts):
@@ -515,12 +334,12 @@ class FlyDriver:
         record, volume = await self._ensure_volume(record)
         record, machine = await self._ensure_machine(record, volume)
         if machine.state != "started":
-            async with self._lease(record.app, machine.id, machine.nonce) as nonce:
+            async with self.ops.lease(record.app, machine.id, machine.nonce) as nonce:
                 if machine.state in ("created", "stopped", "suspended"):
-                    await self._start_leased(record.app, machine, nonce)
-                await self._wait_for(record.app, machine, "started")
+                    await self.ops.start(record.app, machine, nonce)
+                await self.ops.wait_for(record.app, machine, "started")
         elif machine.nonce:
-            async with self._lease(record.app, machine.id, machine.nonce):
+            async with self.ops.lease(record.app, machine.id, machine.nonce):
                 pass
         return record
 
@@ -550,7 +369,7 @@ class FlyDriver:
                     f"could not create VM {vm_id} on Fly: {err}"
                     + ("" if cleaned else f"; its app {app} may remain: `projectvm gc` finds it")
                 ) from err
-        cpus, memory_mb = self._guest_of(spec)
+        cpus, memory_mb = guest_wish(spec, self.config)
         guest = guest_for(cpus, memory_mb, self.config.cpu_kind)
         return VMCreationResult(
             vm_id=vm_id,
@@ -591,21 +410,11 @@ class FlyDriver:
                 self.api().get_machine(record.app, record.machine_id),
             )
             raise GuestUnreachable(
-                f"{err}; the Machine is {machine.state} ({_events_summary(machine)})"
+                f"{err}; the Machine is {machine.state} ({events_summary(machine)})"
             ) from err
         await stream.aclose()
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    async def _start_leased(self, app: str, machine: Machine, nonce: str) -> None:
-        try:
-            await self.api().start_machine(app, machine.id, nonce)
-        except FlyAPIError as err:
-            current = await self._call(
-                f"looking up {machine.id}", self.api().get_machine(app, machine.id)
-            )
-            if current.state not in ("starting", "started"):
-                raise translate_fly_error(err, f"starting Machine {machine.id}") from err
 
     async def start_project_vm(self, vm_id: str, spec: VMSpec | None = None) -> None:
         async with self._lock(vm_id):
@@ -623,28 +432,10 @@ class FlyDriver:
                 machine = await self._update_if_changed(record, app, machine, spec)
             if machine.state == "started":
                 return
-            async with self._lease(app, machine.id) as nonce:
+            async with self.ops.lease(app, machine.id) as nonce:
                 if machine.state not in ("starting",):
-                    await self._start_leased(app, machine, nonce)
-                await self._wait_for(app, machine, "started")
-
-    @staticmethod
-    def _differences(current: dict[str, Any], desired: MachineConfig) -> list[str]:
-        """What of ours differs in a Machine's config (fields Fly adds are not compared)."""
-        wanted = desired.body()
-        changed = []
-        if current.get("image") != wanted["image"]:
-            changed.append("image")
-        guest = current.get("guest") or {}
-        if any(guest.get(key) != value for key, value in wanted["guest"].items()):
-            changed.append("size")
-        files = {f.get("guest_path"): f.get("raw_value") for f in current.get("files") or []}
-        if any(files.get(f["guest_path"]) != f["raw_value"] for f in wanted["files"]):
-            changed.append("agent")
-        metadata = current.get("metadata") or {}
-        if any(metadata.get(key) != value for key, value in wanted["metadata"].items()):
-            changed.append("labels")
-        return changed
+                    await self.ops.start(app, machine, nonce)
+                await self.ops.wait_for(app, machine, "started")
 
     async def _update_if_changed(
         self, record: FlyVMRecord, app: str, machine: Machine, spec: VMSpec | None
@@ -656,20 +447,20 @@ class FlyDriver:
             self.state.save(record)
         mounts = machine.config.get("mounts") or [{}]
         volume = Volume(id=str(mounts[0].get("volume") or record.volume_id), region=machine.region)
-        desired = self._machine_config(record, volume)
-        changed = self._differences(machine.config, desired)
+        desired = machine_config(record, volume, self.config, self.context)
+        changed = config_differences(machine.config, desired)
         if not changed:
             return machine
         log.info("updating Machine %s of %s: %s changed", machine.id, app, ", ".join(changed))
         running = machine.state == "started"
         request = UpdateMachineRequest(config=desired, skip_launch=not running)
-        async with self._lease(app, machine.id) as nonce:
+        async with self.ops.lease(app, machine.id) as nonce:
             updated = await self._call(
                 f"updating Machine {machine.id} ({', '.join(changed)} changed)",
                 self.api().update_machine(app, machine.id, request, nonce),
             )
             if running:
-                updated = await self._wait_for(app, updated, "started")
+                updated = await self.ops.wait_for(app, updated, "started")
         return updated
 
     async def resume_project_vm(self, vm_id: str) -> None:
@@ -684,24 +475,12 @@ class FlyDriver:
             f"setting the agent token of {app}", self.api().set_secrets(app, {TOKEN_SECRET: token})
         )
         if machine.state in ("started", "starting", "suspended", "suspending"):
-            async with self._lease(app, machine.id) as nonce:
-                await self._stop_leased(app, machine, nonce)
+            async with self.ops.lease(app, machine.id) as nonce:
+                await self.ops.stop(app, machine, nonce)
             return await self._call(
                 f"looking up {machine.id}", self.api().get_machine(app, machine.id)
             )
         return machine
-
-    async def _stop_leased(self, app: str, machine: Machine, nonce: str) -> None:
-        request = StopRequest(signal="SIGTERM", timeout=f"{self.config.stop_timeout_s}s")
-        try:
-            await self.api().stop_machine(app, machine.id, request, nonce)
-        except FlyAPIError as err:
-            current = await self._call(
-                f"looking up {machine.id}", self.api().get_machine(app, machine.id)
-            )
-            if current.state not in ("stopping", "stopped"):
-                raise translate_fly_error(err, f"stopping Machine {machine.id}") from err
-        await self._wait_for(app, machine, "stopped")
 
     async def stop_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
@@ -709,8 +488,8 @@ class FlyDriver:
             app, machine = await self._resolve(vm_id)
             if machine is None or machine.state in ("stopped", "created"):
                 return
-            async with self._lease(app, machine.id) as nonce:
-                await self._stop_leased(app, machine, nonce)
+            async with self.ops.lease(app, machine.id) as nonce:
+                await self.ops.stop(app, machine, nonce)
 
     async def suspend_project_vm(self, vm_id: str) -> None:
         """Sleep keeping memory (Fly ``suspend``); where Fly refuses, a plain stop."""
@@ -719,7 +498,7 @@ class FlyDriver:
             app, machine = await self._resolve(vm_id)
             if machine is None or machine.state in ("suspended", "stopped", "created"):
                 return
-            async with self._lease(app, machine.id) as nonce:
+            async with self.ops.lease(app, machine.id) as nonce:
                 try:
                     await self.api().suspend_machine(app, machine.id, nonce)
                 except FlyAPIError as err:
@@ -730,9 +509,9 @@ class FlyDriver:
                     )
                     if current.state not in ("suspending", "suspended"):
                         log.info("Fly refused to suspend %s (%s): stopping it", machine.id, err)
-                        await self._stop_leased(app, current, nonce)
+                        await self.ops.stop(app, current, nonce)
                         return
-                await self._wait_for(app, machine, "suspended")
+                await self.ops.wait_for(app, machine, "suspended")
 
     async def _delete_app(self, app: str) -> None:
         try:
@@ -750,7 +529,7 @@ class FlyDriver:
             except VMNotFound:
                 machines = []
             for machine in machines:
-                async with self._lease(app, machine.id) as nonce:
+                async with self.ops.lease(app, machine.id) as nonce:
                     try:
                         await self.api().delete_machine(app, machine.id, nonce)
                     except FlyAPIError as err:
