@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.fake_fly import FakeFlyMachinesAPI
+from tests.fakes.fake_fly import FakeFlyMachinesAPI, processes_under
 
 BackendEnvironment = Callable[[Path], AbstractAsyncContextManager[dict[str, Any]]]
 
@@ -29,6 +29,7 @@ async def fake_fly_environment(root: Path) -> AsyncIterator[dict[str, Any]]:
     async with FakeFlyMachinesAPI(root / "fake-fly") as fake:
         yield fake.driver_options(await fake.serve_http())
         fake.assert_clean()
+    assert processes_under(root / "fake-fly") == [], "the fake left Machine processes running"
 
 
 ENVIRONMENTS: dict[str, BackendEnvironment] = {"fly": fake_fly_environment}

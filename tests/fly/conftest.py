@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.fake_fly import FakeFlyMachinesAPI
+from tests.fakes.fake_fly import FakeFlyMachinesAPI, processes_under
 from vm_drivers.base import DriverContext
 from vm_drivers.config import FlyDriverConfig
 from vm_drivers.fly.driver import FlyDriver
@@ -23,9 +23,11 @@ def requires_sandbox() -> None:
 
 @pytest.fixture
 async def fake_fly(tmp_path: Path, requires_sandbox: None) -> AsyncIterator[FakeFlyMachinesAPI]:
-    async with FakeFlyMachinesAPI(tmp_path / "fake-fly") as fake:
+    root = tmp_path / "fake-fly"
+    async with FakeFlyMachinesAPI(root) as fake:
         yield fake
         fake.assert_clean()
+    assert processes_under(root) == [], "the fake left Machine processes running"
 
 
 def make_driver(fake: FakeFlyMachinesAPI, data_dir: Path, **overrides: Any) -> FlyDriver:

@@ -2,6 +2,7 @@
 
 from .api import TEST_TIMINGS, FakeFlyMachinesAPI, Gate, Injection
 from .deviations import SPEC_DEVIATIONS
+from .sandbox import processes_under
 from .spec import SPEC_PATH, SpecValidator, SpecViolation
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "Injection",
     "SpecValidator",
     "SpecViolation",
+    "processes_under",
 ]

@@ -13,6 +13,7 @@ resume thaws them (SIGCONT).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-__all__ = ["FakeLaunchError", "MachineSandbox"]
+__all__ = ["FakeLaunchError", "MachineSandbox", "processes_under"]
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NEVER_BOUND = {"proc", "dev", "sys", "tmp", "lost+found"}
@@ -75,12 +76,39 @@ def _signal_all(pids: list[int], signum: int) -> None:
             pass
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a process from a later one with its pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _read_info(fd: int) -> dict[str, Any]:
+    """bubblewrap's --info-fd report (written once the sandbox is set up, then closed)."""
+    data = b""
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+    try:
+        info = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 class MachineSandbox:
-    def __init__(self, process: Process, ports: dict[int, int], log_path: Path) -> None:
+    def __init__(
+        self, process: Process, ports: dict[int, int], log_path: Path, child_pid: int | None
+    ) -> None:
         self.process = process
         self.ports = ports  # internal_port -> loopback port
         self.log_path = log_path
         self.frozen = False
+        # The sandbox's PID 1 (bubblewrap's child): killed with the rest even if bubblewrap's
+        # outer process is already gone.
+        self.child_pid = child_pid
+        self._child_started = _start_time(child_pid) if child_pid else None
 
     @classmethod
     async def launch(
@@ -130,7 +158,9 @@ class MachineSandbox:
             target.chmod(0o755)
             file_tops.add(top)
         taken |= file_tops
+        info_read, info_write = os.pipe()
         command = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        command += ["--info-fd", str(info_write)]
         for entry in sorted(os.listdir("/")):
             if entry in taken:
                 continue
@@ -160,11 +190,20 @@ class MachineSandbox:
             command += ["--setenv", name, value]
         command += ["--", *argv]
         log_path = machine_dir / "console.log"
-        with log_path.open("ab") as log:
-            process = await anyio.open_process(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        return cls(process, ports, log_path)
+        try:
+            with log_path.open("ab") as log:
+                process = await anyio.open_process(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(info_write,),
+                )
+        finally:
+            os.close(info_write)
+        info = await anyio.to_thread.run_sync(_read_info, info_read)
+        child = info.get("child-pid")
+        return cls(process, ports, log_path, child if isinstance(child, int) else None)
 
     @property
     def running(self) -> bool:
@@ -173,11 +212,11 @@ class MachineSandbox:
     def freeze(self) -> None:
         """SIGSTOP every process of the Machine (twice: catch what forked meanwhile)."""
         for _ in range(2):
-            _signal_all(_descendants(self.process.pid), signal.SIGSTOP)
+            _signal_all(self._all_pids(), signal.SIGSTOP)
         self.frozen = True
 
     def thaw(self) -> None:
-        _signal_all(list(reversed(_descendants(self.process.pid))), signal.SIGCONT)
+        _signal_all(list(reversed(self._all_pids())), signal.SIGCONT)
         self.frozen = False
 
     async def stop(self, signum: int, timeout_s: float) -> None:
@@ -185,16 +224,20 @@ class MachineSandbox:
         if self.frozen:
             self.thaw()
         if self.running:
-            own = {self.process.pid}
-            pids = [pid for pid in _descendants(self.process.pid) if pid not in own]
-            _signal_all([pid for pid in pids if _command_name(pid) != "bwrap"], signum)
+            pids = [pid for pid in self._all_pids() if _command_name(pid) != "bwrap"]
+            _signal_all(pids, signum)
             with anyio.move_on_after(timeout_s):
                 await self.process.wait()
         await self.kill()
 
+    def _all_pids(self) -> list[int]:
+        pids = _descendants(self.process.pid) if self.running else []
+        if self.child_pid and _start_time(self.child_pid) == self._child_started:
+            pids += [pid for pid in _descendants(self.child_pid) if pid not in pids]
+        return pids
+
     async def kill(self) -> None:
-        if self.running:
-            _signal_all(_descendants(self.process.pid), signal.SIGKILL)
+        _signal_all(self._all_pids(), signal.SIGKILL)
         with anyio.CancelScope(shield=True):
             await self.process.wait()
             await self.process.aclose()
@@ -205,6 +248,21 @@ class MachineSandbox:
         except OSError:
             return ""
         return data.decode(errors="replace").strip()
+
+
+def processes_under(root: Path) -> list[int]:
+    """Processes whose command line names a path under ``root`` (a fake's leftovers)."""
+    marker = str(root).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if marker in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def _command_name(pid: int) -> str:
