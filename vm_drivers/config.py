@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
 
 from guest_runtime.image.rootfs import IMAGE_VERSION, TEMPLATE_PACKAGES
 
@@ -21,6 +21,7 @@ __all__ = [
     "DriverConfig",
     "FirecrackerDriverConfig",
     "FirecrackerJailerConfig",
+    "FlyDriverConfig",
     "LimaDriverConfig",
     "LimaTemplate",
     "LocalDriverConfig",
@@ -407,13 +408,100 @@ class LimaDriverConfig(_Config):
         return value
 
 
+class FlyDriverConfig(_Config):
+    """Fly Machines through the Machines API: the production engine.
+
+    Layout: **one Fly app per project** (``<app_prefix><instance id>-<project id>``), on its own
+    private network, holding one Machine and one volume at /workspace. Per project: its own
+    secrets (the agent's bearer token is an app secret), its own 6PN network, and one delete
+    removes everything. The cost: app creation is slower than a Machine's and app names are
+    global across Fly. (One app per installation would be faster to provision, but every Machine
+    would see every secret and reach every other project's VM on the shared network.)
+    """
+
+    type: Literal["fly"] = "fly"
+    api_base_url: str | None = Field(
+        default=None,
+        description="Machines API base URL; default FLY_FLAPS_BASE_URL, else the public API",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="API token (an org token: the driver creates apps); default FLY_API_TOKEN; "
+        "never logged or shown",
+    )
+    org_slug: str = Field(default="personal", description="the Fly organisation apps go in")
+    region: str = Field(
+        default="iad",
+        description="region for new volumes; a Machine always goes where its volume landed",
+    )
+    image: str = Field(
+        default=f"registry.fly.io/projectvm-runtime:{IMAGE_VERSION}",
+        description="registry reference of the project image (any image with python3 in PATH); "
+        "pin it by digest in production",
+    )
+    app_prefix: str = Field(
+        default="pvm-", description="prefix of app names; the instance id follows it"
+    )
+    cpu_kind: Literal["shared", "performance"] = Field(
+        default="shared", description="Fly CPU class of project Machines"
+    )
+    cpus: float = Field(default=1, gt=0, description="CPUs when the project sets none")
+    memory_mb: int = Field(default=1024, gt=0, description="memory when the project sets none")
+    disk_gb: int = Field(
+        default=10, gt=0, description="workspace volume size when the project sets none"
+    )
+    agent_port: int = Field(default=8080, gt=0, lt=65536, description="agent's internal port")
+    proxy_url: str = Field(
+        default="wss://{app}.fly.dev/rpc",
+        description="the agent's WebSocket through Fly Proxy; {app} is the app name",
+    )
+    proxy_address: str | None = Field(
+        default=None,
+        description="HOST:PORT to dial instead of proxy_url's host (Host header unchanged), "
+        "e.g. a local proxy",
+    )
+    assign_public_ips: bool = Field(
+        default=True,
+        description="give each app a shared IPv4 and an IPv6, so Fly Proxy routes to it",
+    )
+    lease_ttl_s: int = Field(default=30, ge=1, description="lease held around each mutation")
+    lease_wait_s: float = Field(
+        default=60, ge=0, description="how long to wait for a lease someone else holds"
+    )
+    wait_timeout_s: int = Field(
+        default=20, ge=1, le=60, description="one wait request's timeout (the API caps it at 60)"
+    )
+    start_timeout_s: float = Field(
+        default=180, gt=0, description="how long a Machine may take to reach a state"
+    )
+    channel_timeout_s: float = Field(
+        default=60, gt=0, description="how long to keep trying to reach the agent after start"
+    )
+    api_timeout_s: float = Field(default=30, gt=0, description="timeout of one API request")
+    retry_attempts: int = Field(default=4, ge=1, description="tries of a repeatable request")
+    retry_initial_s: float = Field(default=0.2, ge=0, description="first retry backoff")
+    retry_max_s: float = Field(default=5, ge=0, description="longest retry backoff")
+    rate_limit_wait_s: float = Field(
+        default=1.0, ge=0, description="least wait after a 429 (Fly: ~1 request/s per action)"
+    )
+    stop_timeout_s: int = Field(
+        default=30, ge=1, description="grace the agent gets to stop before it is killed"
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        description="the driver's private state (VM records, agent tokens at 0600); "
+        "default DATA_DIR/fly",
+    )
+
+
 DriverConfig = Annotated[
     LocalDriverConfig
     | DockerDriverConfig
     | ProcessDriverConfig
     | QemuDriverConfig
     | FirecrackerDriverConfig
-    | LimaDriverConfig,
+    | LimaDriverConfig
+    | FlyDriverConfig,
     Field(discriminator="type"),
 ]
 

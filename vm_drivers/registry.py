@@ -36,6 +36,7 @@ DRIVER_CLASSES: dict[str, str] = {
     "qemu": "vm_drivers.qemu:QemuDriver",
     "firecracker": "vm_drivers.firecracker.driver:FirecrackerDriver",
     "lima": "vm_drivers.lima:LimaDriver",
+    "fly": "vm_drivers.fly:FlyDriver",
 }
 
 

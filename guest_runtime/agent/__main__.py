@@ -1,9 +1,11 @@
-"""Entry point: ``python3 agent.pyz --root /workspace [--stdio | --serial DEVICE | --init]``.
+"""Entry point: ``python3 agent.pyz --root /workspace [--stdio | --serial DEVICE | --http
+HOST:PORT --token-env NAME | --init]``.
 
 ``--stdio`` (the default) serves one session on stdin/stdout and exits when stdin closes; every
 command it started is killed then. ``--serial`` serves a virtio-serial port and ``--vsock`` an
-AF_VSOCK port, session after session, for VMs (see ``channels``). ``--init`` is a minimal PID 1
-for containers: it reaps orphaned processes and exits promptly on SIGTERM.
+AF_VSOCK port, session after session, for VMs (see ``channels``). ``--http`` serves the agent's
+HTTP face (see ``http_face``) for hosts that reach the VM over the network only. ``--init`` is
+a minimal PID 1 for containers: it reaps orphaned processes and exits promptly on SIGTERM.
 
 The agent exits 0 when asked to stop (``system.shutdown``, SIGTERM): in a VM, the init then
 syncs, unmounts the workspace and resets the VM.
@@ -17,11 +19,12 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .channels import pipe_streams, serve_serial, serve_vsock
 from .execs import Execs
 from .files import Files
+from .http_face import DEFAULT_PING_INTERVAL_S, HttpFace, parse_listen_address, read_token
 from .paths import Workspace
 from .rpc import DEFAULT_MAX_LINE_BYTES, Connection
 from .system import System
@@ -131,6 +134,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         default=DEFAULT_MAX_LINE_BYTES,
         help="largest request accepted",
     )
+    parser.add_argument(
+        "--http", metavar="HOST:PORT", help="serve the HTTP face (WebSocket at /rpc) here"
+    )
+    parser.add_argument("--token-file", metavar="PATH", help="bearer token for --http")
+    parser.add_argument(
+        "--token-env", metavar="NAME", help="environment variable holding the --http token"
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=DEFAULT_PING_INTERVAL_S,
+        help="seconds between WebSocket keep-alive pings (0: none)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--init", action="store_true", help="run as a container's PID 1")
     args = parser.parse_args(argv)
@@ -141,6 +157,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not os.path.isdir(args.root):
         sys.stderr.write("projectvm-agent: workspace root %s does not exist\n" % args.root)
         return 2
+    listen: Optional[Tuple[Optional[str], int]] = None
+    token = b""
+    if args.http:
+        try:
+            listen = parse_listen_address(args.http)
+            token = read_token(args.token_file, args.token_env)
+        except ValueError as err:
+            sys.stderr.write("projectvm-agent: %s\n" % err)
+            return 2
 
     async def run() -> None:
         agent = Agent(args.root, args.max_line_bytes)
@@ -148,7 +173,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, agent.stopping.set)
         try:
-            if args.serial:
+            if listen is not None:
+                face = HttpFace(agent, token, args.max_line_bytes, args.ping_interval)
+                await face.serve(*listen)
+            elif args.serial:
                 await serve_serial(agent, args.serial)
             elif args.vsock is not None:
                 await serve_vsock(agent, args.vsock)

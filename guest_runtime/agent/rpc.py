@@ -1,5 +1,8 @@
 """Newline-delimited JSON-RPC 2.0 over an asyncio stream pair, multiplexed by request id.
 
+Transports that frame messages themselves (the WebSocket of the HTTP face) skip the line reader
+and hand each message to :meth:`Connection.dispatch`.
+
 Every request runs in its own task, so a long ``exec.wait`` never holds up a ``fs.read``.
 Lines longer than the limit are discarded and answered with an error instead of being buffered.
 """
@@ -31,7 +34,7 @@ class Connection:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: Optional[asyncio.StreamReader],
         writer: Any,
         handlers: Dict[str, Handler],
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
@@ -66,13 +69,20 @@ class Connection:
                 line = await self._read_line()
                 if line is None:
                     break
-                if line.strip():
-                    self._spawn(self._handle_line(line))
+                self.dispatch(line)
         finally:
-            # The peer is gone: nobody is left to read the answers still being computed.
-            self.closed = True
-            for task in list(self._tasks):
-                task.cancel()
+            self.abort()
+
+    def dispatch(self, line: bytes) -> None:
+        """Answer one request line in its own task (for transports that frame messages)."""
+        if line.strip():
+            self._spawn(self._handle_line(line))
+
+    def abort(self) -> None:
+        """The peer is gone: nobody is left to read the answers still being computed."""
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -80,6 +90,7 @@ class Connection:
         task.add_done_callback(self._tasks.discard)
 
     async def _read_line(self) -> Optional[bytes]:
+        assert self._reader is not None, "a connection without a reader is fed by dispatch()"
         discarding = False
         while True:
             try:

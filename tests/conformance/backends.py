@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import lima
+from tests.fakes.fake_fly import FakeFlyMachinesAPI, processes_under
 from vm_drivers.registry import available_driver_names
 
 __all__ = ["BACKENDS", "Backend"]
@@ -94,7 +95,21 @@ async def _lima_shared(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterato
         yield options
 
 
+@asynccontextmanager
+async def _fly(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """No network to Fly here: FakeFlyMachinesAPI (spec-validated, stateful) with its fake
+    proxy, its Machines running the real agent in bubblewrap sandboxes."""
+    if shutil.which("bwrap") is None:
+        pytest.skip("the fake Fly Machines run in bubblewrap, which is not installed here")
+    root = data_dir.parent / "fake-fly"
+    async with FakeFlyMachinesAPI(root) as fake:
+        yield fake.driver_options(await fake.serve_http())
+        fake.assert_clean()
+    assert processes_under(root) == [], "the fake left Machine processes running"
+
+
 VARIANTS: dict[str, list[Backend]] = {
+    "fly": [Backend("fly", "fly", _fly)],
     "lima": [Backend("lima", "lima", _lima), Backend("lima-shared", "lima", _lima_shared)],
     "qemu": [Backend("qemu", "qemu", _qemu, needs=("qemu_images",))],
     "firecracker": [
