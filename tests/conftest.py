@@ -12,6 +12,7 @@ from mcp import Client
 
 from server.domain.config import ServerConfig
 from server.surfaces.mcp.server import ServerHandle, build_server
+from tests.conformance.backends import BACKENDS, Backend
 from tests.helpers import call
 from vm_drivers.base import DriverContext
 from vm_drivers.docker import DockerDriver
@@ -48,17 +49,44 @@ async def alice(local_config: ServerConfig) -> AsyncIterator[tuple[Client, Serve
         yield client, handle
 
 
-@pytest.fixture(params=["local", "docker"])
-async def driver_config(request: pytest.FixtureRequest, data_dir: Path) -> ServerConfig:
-    """A server config on each driver usable here (skipped with the probe's reason if not)."""
-    drivers = DriverSet(DriverContext.for_data_dir(data_dir))
-    try:
-        availability = await drivers.probe(request.param)
-    finally:
-        await drivers.aclose()
-    if not availability.usable:
-        pytest.skip(f"driver {request.param} is not usable here: {availability.reason}")
-    return ServerConfig.load(data_dir, driver=request.param)
+@pytest.fixture(params=list(BACKENDS))
+def server_backend(request: pytest.FixtureRequest) -> Backend:
+    """Each way a driver runs here (the conformance suite's backends)."""
+    return BACKENDS[request.param]
+
+
+@pytest.fixture
+def server_backend_fixtures(
+    server_backend: Backend, request: pytest.FixtureRequest
+) -> dict[str, object]:
+    return {name: request.getfixturevalue(name) for name in server_backend.needs}
+
+
+@pytest.fixture
+async def driver_config(
+    server_backend: Backend, server_backend_fixtures: dict[str, object], data_dir: Path
+) -> AsyncIterator[ServerConfig]:
+    """A server config on each driver usable here, in its test environment (skipped with the
+    probe's reason where it cannot run)."""
+    async with server_backend.environment(server_backend_fixtures, data_dir) as options:
+        config = ServerConfig.load(data_dir, driver=server_backend.driver)
+        config = config.model_copy(
+            update={"drivers": {**config.drivers, server_backend.driver: options}}
+        )
+        drivers = DriverSet(DriverContext.for_data_dir(data_dir), config.drivers)
+        try:
+            availability = await drivers.probe(server_backend.driver)
+        finally:
+            await drivers.aclose()
+        if not availability.usable:
+            pytest.skip(f"driver {server_backend.id} is not usable here: {availability.reason}")
+        yield config
+
+
+def requires_isolation(config: ServerConfig) -> None:
+    """Skip a test of isolation on a driver that promises none."""
+    if config.driver == "process":
+        pytest.skip("the process driver promises no isolation: it runs the agent as the server")
 
 
 @pytest.fixture

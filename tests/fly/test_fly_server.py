@@ -9,10 +9,10 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
-from server.surfaces.mcp.server import ServerHandle, build_server
+
 from server.domain.config import ServerConfig
 from server.domain.models import VMStatus
-
+from server.surfaces.mcp.server import ServerHandle, build_server
 from tests.fakes.fake_fly import FakeFlyMachinesAPI
 from tests.helpers import call
 

@@ -56,8 +56,11 @@ async def test_gc_removes_what_a_killed_test_left_and_nothing_else(
     handle = build_server(driver_config, transport="memory", agent="alice")
     async with Client(handle.mcp) as client:
         kept = await call(client, "create_project", name="kept")
-    ours = DriverSet(DriverContext.for_data_dir(driver_config.data_dir))
-    theirs = DriverSet(DriverContext(data_dir=driver_config.data_dir, instance_id="someone-else"))
+    ours = DriverSet(DriverContext.for_data_dir(driver_config.data_dir), driver_config.drivers)
+    theirs = DriverSet(
+        DriverContext(data_dir=driver_config.data_dir, instance_id="someone-else"),
+        driver_config.drivers,
+    )
     try:
         async with made_vms(ours.get(name)) as our_vms, made_vms(theirs.get(name)) as their_vms:
             our_vms.append(kept["vm_id"])
