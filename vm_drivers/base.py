@@ -24,6 +24,7 @@ __all__ = [
     "LABEL_VM",
     "Availability",
     "DriverContext",
+    "SupportsSuspend",
     "VMCreationResult",
     "VMDriver",
     "VMInfo",
@@ -141,6 +142,24 @@ class DriverContext(BaseModel):
     def labels(self, project_id: str, vm_id: str) -> dict[str, str]:
         """The labels every resource of a VM carries."""
         return {LABEL_PROJECT: project_id, LABEL_VM: vm_id, LABEL_INSTANCE: self.instance_id}
+
+
+@runtime_checkable
+class SupportsSuspend(Protocol):
+    """A driver that can put a VM to sleep with its memory (a snapshot to disk): processes in
+    the VM carry on after ``start_project_vm`` (or ``resume_project_vm``) wakes it."""
+
+    async def suspend_project_vm(self, vm_id: str) -> None:
+        """Save the running VM, memory included, and end its VMM; the workspace stays."""
+        ...
+
+    async def resume_project_vm(self, vm_id: str) -> None:
+        """Bring a suspended VM back where it was."""
+        ...
+
+    def suspended_bytes(self, vm_id: str) -> int:
+        """Bytes the VM's saved state takes on disk (0 when it has none)."""
+        ...
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ from server.domain.errors import NotFound, ProjectNotRunning
 from server.domain.events import VMRecovered, VMRecreated, VMStatusChanged, VMWoken
 from server.domain.models import ExecutionStatus, Project, VMStatus
 from server.store import Store
-from vm_drivers.base import VMCreationResult, VMDriver, VMSpec
+from vm_drivers.base import SupportsSuspend, VMCreationResult, VMDriver, VMSpec
 from vm_drivers.errors import DriverConfigError, DriverError, VMNotFound
 from vm_drivers.registry import DriverSet
 
@@ -149,6 +149,8 @@ class Lifecycle:
                 agent_id,
                 VMStatusChanged(status=created.status, vm_id=created.vm_id),
             )
+        # Idle time counts from when the VM is ready, not from when its creation began.
+        await self._activity.touch(project.project_id)
 
     async def boot(self, project: Project, agent_id: str | None) -> Project:
         """Start (or create, if it has none) the project's VM; record the outcome."""
@@ -197,20 +199,38 @@ class Lifecycle:
 
     # -- stopping -----------------------------------------------------------------------------
 
-    async def halt(self, project: Project, reason: str) -> None:
-        """Kill queued and running commands (recorded as killed), close the channel, stop."""
+    async def halt(self, project: Project, reason: str, *, keep_memory: bool = False) -> bool:
+        """Kill queued and running commands (recorded as killed), close the channel, stop.
+
+        With ``keep_memory``, a driver that can suspends the VM instead (its processes carry on
+        at the next start); returns whether the memory was kept.
+        """
         runtime = self._runtimes.of(project.project_id)
         runtime.stopping = reason
+        kept = False
         try:
             runtime.withdraw_queued(ExecutionStatus.KILLED, reason)
             await self.channels.close(project.project_id)
             if project.vm_id is not None:
+                driver = self.driver(project)
                 try:
-                    await self.driver(project).stop_project_vm(project.vm_id)
+                    if keep_memory and isinstance(driver, SupportsSuspend):
+                        await driver.suspend_project_vm(project.vm_id)
+                        kept = True
+                    else:
+                        await driver.stop_project_vm(project.vm_id)
                 except VMNotFound:
                     pass
         finally:
             runtime.stopping = None
+        return kept
+
+    def suspended_bytes(self, project: Project) -> int:
+        """What a project's VM keeps on disk while asleep with its memory."""
+        driver = self.driver(project)
+        if project.vm_id is None or not isinstance(driver, SupportsSuspend):
+            return 0
+        return driver.suspended_bytes(project.vm_id)
 
     async def vms_of(self, project: Project) -> list[str]:
         """The project's VM, and any its driver holds under its label (an interrupted

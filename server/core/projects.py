@@ -164,6 +164,7 @@ class Projects:
     async def _usage(self, project: Project) -> ResourceUsage:
         """CPU, memory and workspace disk use, measured in the VM (a stopped one is not woken)."""
         usage = ResourceUsage(max_storage_bytes=limit_bytes(project))
+        usage.suspended_bytes = self._lifecycle.suspended_bytes(project) or None
         if project.vm_status != VMStatus.RUNNING:
             usage.note = f"the VM is {project.vm_status}; figures appear while it runs"
             return usage

@@ -56,6 +56,9 @@ class ResourceUsage(BaseModel):
     memory_used_bytes: int | None = None
     memory_limit_bytes: int | None = None
     disk_free_bytes: int | None = None
+    suspended_bytes: int | None = Field(
+        default=None, description="the VM's saved memory and state on disk while it sleeps"
+    )
     load_average: list[float] | None = None
     note: str | None = None
 

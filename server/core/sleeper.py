@@ -113,13 +113,20 @@ class Sleeper:
                 or idle_for < minutes * 60
             ):
                 return
-            await self._lifecycle.halt(current, "the project went to sleep")
+            kept = await self._lifecycle.halt(
+                current, "the project went to sleep", keep_memory=True
+            )
+            memory = " with its memory (processes resume where they were)" if kept else ""
             async with self._journal.change() as change:
                 await self._lifecycle.set_status(
                     current,
                     None,
                     VMStatus.STOPPED,
-                    f"asleep after {minutes:g} min without activity; any call wakes it",
+                    f"asleep{memory} after {minutes:g} min without activity; any call wakes it",
                     change=change,
                 )
-                await change.record(current.project_id, None, VMSlept(idle_s=round(idle_for, 1)))
+                await change.record(
+                    current.project_id,
+                    None,
+                    VMSlept(idle_s=round(idle_for, 1), memory_kept=kept),
+                )

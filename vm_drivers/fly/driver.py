@@ -492,6 +492,10 @@ class FlyDriver(ClosingDriver):
             async with self.ops.lease(app, machine.id) as nonce:
                 await self.ops.stop(app, machine, nonce)
 
+    def suspended_bytes(self, vm_id: str) -> int:
+        """Fly keeps a suspended Machine's memory on its side: nothing on this host."""
+        return 0
+
     async def suspend_project_vm(self, vm_id: str) -> None:
         """Sleep keeping memory (Fly ``suspend``); where Fly refuses, a plain stop."""
         async with self._lock(vm_id):

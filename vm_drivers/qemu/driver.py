@@ -712,6 +712,12 @@ class QemuDriver(ClosingDriver):
             self._cleanup_runtime(vm_id)
             self._set_state(record, "suspended")
 
+    def suspended_bytes(self, vm_id: str) -> int:
+        try:
+            return self.suspend_file(vm_id).stat().st_blocks * 512
+        except (FileNotFoundError, VMNotFound):
+            return 0
+
     async def resume_project_vm(self, vm_id: str) -> None:
         """Boot the VM from its suspend file: its processes carry on where they were."""
         async with self._exclusive(vm_id):
