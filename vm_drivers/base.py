@@ -105,6 +105,11 @@ class Availability(BaseModel):
     usable: bool
     reason: str
     details: dict[str, str] = Field(default_factory=dict)
+    automatic: bool = Field(
+        default=True,
+        description="whether the automatic choice may pick it (a slow or unisolated driver is "
+        "used only when asked for by name)",
+    )
 
 
 class DriverContext(BaseModel):

@@ -648,10 +648,15 @@ class QemuDriver(ClosingDriver):
             return Availability(driver=self.name, usable=False, reason=str(err))
         version = await anyio.run_process([qemu, "--version"], check=False)
         first_line = version.stdout.decode(errors="replace").splitlines()[:1]
+        emulated = accel.accel == "tcg"
         return Availability(
             driver=self.name,
             usable=True,
-            reason=f"QEMU microvm with {accel.accel.upper()}",
+            reason=f"QEMU microvm with {accel.accel.upper()}"
+            + (
+                " (emulated, slow: used only when asked for with --driver qemu)" if emulated else ""
+            ),
+            automatic=not emulated,
             details={
                 "qemu": f"{qemu} ({first_line[0] if first_line else 'unknown version'})",
                 "accel": accel.accel,
