@@ -149,6 +149,27 @@ class DriverContext(BaseModel):
         return {LABEL_PROJECT: project_id, LABEL_VM: vm_id, LABEL_INSTANCE: self.instance_id}
 
 
+class Billing(BaseModel):
+    """What a VM is billed as by a metered backend (the fly driver), for cost tracking."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: str = Field(description="whose price table applies, e.g. 'fly'")
+    guest: str = Field(description="the size's name in that table, e.g. 'shared-cpu-1x'")
+    cpus: int
+    memory_mb: int
+    volume_gb: float = Field(description="the persistent workspace volume's provisioned size")
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """A driver whose VMs cost money by the second (the fly driver)."""
+
+    def billing(self, spec: VMSpec) -> Billing:
+        """How a VM made from ``spec`` is billed."""
+        ...
+
+
 @runtime_checkable
 class SupportsSuspend(Protocol):
     """A driver that can put a VM to sleep with its memory (a snapshot to disk): processes in

@@ -13,6 +13,7 @@ from guest_runtime.errors import ProjectVMError
 from server import __version__
 from server.cli.admin import agents, gc, projects
 from server.cli.common import say
+from server.cli.costs import costs
 from server.cli.doctor import doctor
 from server.cli.images import image
 from server.cli.serve import quickstart, serve
@@ -31,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "projects": projects,
     "image": image,
     "gc": gc,
+    "costs": costs,
 }
 
 
@@ -138,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --yes, remove every resource of this other installation (ids from "
         "--all-installations)",
     )
+
+    cost = commands.add_parser(
+        "costs", help="this month's (or --month's) cost of each project on a metered driver"
+    )
+    cost.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
+    cost.add_argument("--json", action="store_true")
 
     commands.add_parser("version", help="print the version")
     return parser
