@@ -227,7 +227,7 @@ class Files:
         grant, client = await self._open(caller, request.project_id)
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
-            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             written = await self._put(
                 grant.project, client, request.path, data, request.if_match, request.append
             )
@@ -251,7 +251,7 @@ class Files:
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             if not request.dry_run:
-                await self._locks.check_write(project_id, caller.agent_id, request.path)
+                await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             limit = self._limits.max_file_bytes
             current = await client.read_file(request.path, max_bytes=limit)
             if not current.eof:
@@ -301,7 +301,7 @@ class Files:
         grant, client = await self._open(caller, request.project_id)
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
-            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             try:
                 removed, resolved = await client.remove(
                     request.path, recursive=request.recursive, if_match=request.if_match
@@ -317,7 +317,7 @@ class Files:
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             await self._locks.check_write(
-                project_id, caller.agent_id, request.source, request.destination
+                project_id, caller.agent_id, client, request.source, request.destination
             )
             moved_from, moved_to = await client.move(
                 request.source, request.destination, overwrite=request.overwrite

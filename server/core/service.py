@@ -189,7 +189,7 @@ class ProjectService:
             path_locks,
             self.limits,
         )
-        self.locks = Locks(self.journal, self.gate, self.runtimes, path_locks)
+        self.locks = Locks(self.journal, self.gate, self.lifecycle, self.runtimes, path_locks)
         self.feed = Feed(store, self.gate, self.hub)
 
     @property
