@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -17,7 +18,7 @@ import anyio
 
 from guest_runtime.client import GuestClient
 from guest_runtime.errors import WriteConflict
-from guest_runtime.protocol import WriteResult
+from guest_runtime.protocol import FileData, WriteResult
 from server.core.access import Grant
 from server.core.caller import Caller
 from server.core.edits import apply_edits, unified_diff
@@ -53,7 +54,10 @@ from server.domain.events import FileDeleted, FileEdited, FileMoved, FileWritten
 from server.domain.models import Project
 from server.store import Store
 
-__all__ = ["Files"]
+__all__ = ["SMALL_READ_BYTES", "Files"]
+
+# Reads up to this size are served at once; larger ones take a large-read slot.
+SMALL_READ_BYTES = 1024 * 1024
 
 
 class Files:
@@ -76,6 +80,7 @@ class Files:
         self._storage = storage
         self._locks = locks
         self._limits = limits
+        self._large_reads = anyio.CapacityLimiter(limits.concurrent_large_reads)
 
     async def _open(self, caller: Caller, project_id: str) -> tuple[Grant, GuestClient]:
         grant = await self._gate.admit(caller, project_id)
@@ -95,15 +100,26 @@ class Files:
 
     # -- reading ------------------------------------------------------------------------------
 
+    async def _read_bounded(self, read: Callable[[int], Awaitable[FileData]]) -> FileData:
+        """``read(max_bytes)``: small reads straight away; one that turns out large waits for
+        one of a few large-read slots, so concurrent big reads cannot exhaust the server."""
+        small = min(SMALL_READ_BYTES, self._limits.max_file_bytes)
+        data = await read(small)
+        if data.eof or small >= self._limits.max_file_bytes:
+            return data
+        async with self._large_reads:
+            return await read(self._limits.max_file_bytes)
+
     async def read(self, caller: Caller, request: ReadFile) -> FileRead:
         grant, client = await self._open(caller, request.project_id)
-        max_bytes = self._limits.max_file_bytes
         offset, limit, path = request.offset, request.limit, request.path
         if request.encoding == "base64":
             start = offset or 0
             if start < 0 or (limit is not None and limit < 0):
                 raise InvalidInput("offset and limit must not be negative")
-            data = await client.read_file(path, offset=start, length=limit, max_bytes=max_bytes)
+            data = await self._read_bounded(
+                lambda most: client.read_file(path, offset=start, length=limit, max_bytes=most)
+            )
             return FileRead(
                 project_id=grant.project_id,
                 path=data.path,
@@ -117,8 +133,10 @@ class Files:
         first_line = 1 if offset is None else offset
         if first_line < 1 or (limit is not None and limit < 1):
             raise InvalidInput("offset is a line number counting from 1; limit must be >= 1")
-        data = await client.read_file(
-            path, line_offset=first_line - 1, line_limit=limit, max_bytes=max_bytes
+        data = await self._read_bounded(
+            lambda most: client.read_file(
+                path, line_offset=first_line - 1, line_limit=limit, max_bytes=most
+            )
         )
         used: Literal["utf-8", "base64"]
         try:

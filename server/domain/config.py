@@ -61,6 +61,23 @@ class Limits(BaseModel):
     max_file_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="largest file read or written in one call"
     )
+    max_command_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="longest command line (with its env) run_command takes; write a script "
+        "file for more",
+    )
+    max_history_page_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="output bytes one page of execution history returns at most (a page with "
+        "outputs ends early when its outputs reach this; read on with next_cursor)",
+    )
+    concurrent_large_reads: int = Field(
+        default=2,
+        ge=1,
+        description="file reads over 1 MiB served at once; more wait (bounds server memory)",
+    )
     default_timeout_s: float = Field(default=600, gt=0, description="run_command default timeout")
     max_timeout_s: float = Field(default=24 * 3600, gt=0, description="largest timeout_s allowed")
     max_project_cpus: float | None = Field(
