@@ -47,7 +47,8 @@ async def serve_http(
     """
     app = build_http_app(handle, host, allowed_hosts)
     sock = _bind(host, port)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    # wsproto is a dependency; the websockets package, if installed, is not needed.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="wsproto")
     server = uvicorn.Server(config)
     bound_port = sock.getsockname()[1]
     display = f"[{host}]" if ":" in host else host
