@@ -74,6 +74,7 @@ class RestApi:
         """
         service, caller = self.service, self.caller(request, operation)
         result: BaseModel | None = None
+        failure: Exception | None = None
         async with anyio.create_task_group() as group:
 
             async def watch_disconnect() -> None:
@@ -82,8 +83,13 @@ class RestApi:
                 group.cancel_scope.cancel()
 
             group.start_soon(watch_disconnect)
-            result = await service.call(caller, model)
+            try:
+                result = await service.call(caller, model)
+            except Exception as err:  # raised as itself, not inside an exception group
+                failure = err
             group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if result is None:
             raise ClientGone(f"the client left during {operation}")
         return result

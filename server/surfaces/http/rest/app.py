@@ -139,7 +139,7 @@ def build_rest_app(
         Route(API_PREFIX + "/ws-tickets", _ticket_endpoint(api, tickets), methods=ALL_METHODS),
         WebSocketRoute(
             API_PREFIX + "/projects/{project_id}/ws",
-            ProjectSocket(service_source, authenticator, tickets, hosts),
+            ProjectSocket(service_source, authenticator, tickets, hosts).serve,
         ),
     ]
     routes += [

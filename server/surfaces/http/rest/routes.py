@@ -10,6 +10,7 @@ route per operation; a test fails if an operation has none.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,11 +58,7 @@ class Route:
     @property
     def path_fields(self) -> list[str]:
         """The request fields the path carries, in order."""
-        names = []
-        for segment in self.path.replace(":", "/").split("/"):
-            if segment.startswith("{") and segment.endswith("}"):
-                names.append(segment[1:-1].split(":", 1)[0])
-        return names
+        return re.findall(r"\{([A-Za-z_]\w*)(?::\w+)?\}", self.path)
 
 
 _O = Operation

@@ -42,7 +42,7 @@ class ProjectSocket:
         self._tickets = tickets
         self._hosts = hosts
 
-    async def __call__(self, websocket: WebSocket) -> None:
+    async def serve(self, websocket: WebSocket) -> None:
         project_id = str(websocket.path_params["project_id"])
         try:
             identity = await self._handshake(websocket, project_id)

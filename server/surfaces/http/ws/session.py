@@ -303,7 +303,8 @@ class ExecutionStream:
         elif kind == "stdin":
             stdin = ExecutionStdin.model_validate(message)
             sent = SendInput(execution_id=stdin.execution_id, data=stdin.data, eof=stdin.eof)
-            await session.reply(stdin, await session.call(Operation.SEND_INPUT, sent))
+            await session.call(Operation.SEND_INPUT, sent)
+            await session.reply(stdin)  # the output follows on the execution's subscription
         elif kind == "cancel":
             cancel = ExecutionCancel.model_validate(message)
             stop = CancelExecution(execution_id=cancel.execution_id)
