@@ -133,7 +133,7 @@ class Session:
 
     async def run(self) -> None:
         """Serve until the client leaves or loses access."""
-        async with anyio.create_task_group() as group:
+        async with self._send, anyio.create_task_group() as group:
             self._group = group
             group.start_soon(self._write)
             group.start_soon(self._guard)
