@@ -245,3 +245,18 @@ async def test_the_openapi_document_is_valid_and_the_docs_page_is_self_contained
     for operation in ("run_command", "write_file", "get_events"):
         assert f'id="{operation}"' in page.text
     assert 'id="stale-write"' in page.text
+
+
+async def test_small_answers_on_a_kept_alive_connection_do_not_wait_for_delayed_acks(
+    server: Server,
+) -> None:
+    """A short answer is written in two parts (headers, body); without TCP_NODELAY the second
+    waits for the client's delayed ACK, some 40 ms on every request after the first."""
+    async with httpx.AsyncClient(base_url=server.base) as client:
+        await client.get("/healthz")
+        took = []
+        for _ in range(21):
+            began = anyio.current_time()
+            assert (await client.get("/healthz")).status_code == 200
+            took.append(anyio.current_time() - began)
+    assert sorted(took)[10] < 0.02, f"median {sorted(took)[10] * 1000:.1f} ms"
