@@ -260,3 +260,27 @@ async def test_small_answers_on_a_kept_alive_connection_do_not_wait_for_delayed_
             assert (await client.get("/healthz")).status_code == 200
             took.append(anyio.current_time() - began)
     assert sorted(took)[10] < 0.02, f"median {sorted(took)[10] * 1000:.1f} ms"
+
+
+async def test_a_range_of_a_file_is_served_with_206_and_content_range(
+    alice_rest: httpx.AsyncClient, rest_projects: MakeProject
+) -> None:
+    project_id = await rest_projects("ranges")
+    url = f"/projects/{project_id}/files/digits.txt"
+    await alice_rest.put(url, content=b"0123456789")
+    whole = await alice_rest.get(url)
+    assert whole.headers["accept-ranges"] == "bytes"
+    for asked, part, content_range in (
+        ("bytes=2-4", b"234", "bytes 2-4/10"),
+        ("bytes=7-", b"789", "bytes 7-9/10"),
+        ("bytes=-2", b"89", "bytes 8-9/10"),
+        ("bytes=8-100", b"89", "bytes 8-9/10"),
+    ):
+        response = await alice_rest.get(url, headers={"Range": asked})
+        assert response.status_code == 206, asked
+        assert response.content == part, asked
+        assert response.headers["content-range"] == content_range
+        assert response.headers["etag"] == whole.headers["etag"]
+    beyond = await alice_rest.get(url, headers={"Range": "bytes=20-30"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == "bytes */10"

@@ -2,9 +2,10 @@
 
 ``GET .../files/{path}`` answers the file's bytes (``Accept: application/json`` gets
 ``read_file``'s JSON instead). The ``ETag`` is the content's sha256; ``If-None-Match`` with it
-is a 304. The bytes are read from the guest in ranges, each range a ``read_file`` call of its
-own, so the server never holds the whole file, and a file replaced mid-download ends the
-response early (its sha256 changed) rather than splice two versions.
+is a 304; ``Range: bytes=...`` (one range) a 206. The bytes are read from the guest in pieces,
+each a ``read_file`` call of its own, so the server never holds the whole file, and a file
+replaced mid-download ends the response early (its sha256 changed) rather than splice two
+versions.
 
 ``PUT .../files/{path}`` takes the raw bytes as the new content: ``If-Match: <sha256>``
 replaces only that version (else 412 naming the current sha256 and who changed it),
@@ -54,6 +55,27 @@ class _FileChanged(Exception):
     """The file was replaced while it was being sent."""
 
 
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` (one range) as ``[start, stop)``; ``None`` when unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or "," in spec:
+        raise Problem(
+            416, "range-not-satisfiable", "Range not satisfiable",
+            "send one range, as Range: bytes=START-END, bytes=START- or bytes=-LAST_N",
+            size=size,
+        )  # fmt: skip
+    try:
+        if not first:  # the last N bytes
+            start, stop = max(0, size - int(last)), size
+        else:
+            start = int(first)
+            stop = size if not last else min(size, int(last) + 1)
+    except ValueError:
+        return None
+    return (start, stop) if 0 <= start < stop else None
+
+
 async def read_file(api: RestApi, route: Route, request: Request) -> Response:
     if _wants_json(request):
         model = await bind(request, route)
@@ -63,38 +85,52 @@ async def read_file(api: RestApi, route: Route, request: Request) -> Response:
     model = await bind(request, route, extra={"encoding": "base64"})
     assert isinstance(model, ReadFile)
     service, caller = api.service, api.caller(request, Operation.READ_FILE)
-    start = model.offset or 0
-    end = None if model.limit is None else start + model.limit
+    wanted = request.headers.get("range")
 
-    def piece(offset: int) -> ReadFile:
+    def piece(offset: int, end: int | None) -> ReadFile:
         length = PIECE_BYTES if end is None else max(0, min(PIECE_BYTES, end - offset))
         return model.model_copy(update={"offset": offset, "limit": length})
 
-    first = await service.call(caller, piece(start))
+    start = model.offset or 0
+    end = None if model.limit is None else start + model.limit
+    # With a Range, the size comes first (an empty read): a suffix range needs it.
+    first = await service.call(caller, piece(start, start if wanted else end))
     assert isinstance(first, FileRead)
-    headers = {"ETag": _etag(first.sha256), "Cache-Control": "no-cache"}
+    headers = {"ETag": _etag(first.sha256), "Cache-Control": "no-cache", "Accept-Ranges": "bytes"}
     if _matches(request.headers.get("if-none-match"), first.sha256):
         return Response(status_code=304, headers=headers)
+    status = 200
+    if wanted:
+        found = _byte_range(wanted, first.size)
+        if found is None:
+            headers["Content-Range"] = f"bytes */{first.size}"
+            return Response(status_code=416, headers=headers)
+        start, end = found
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{first.size}"
+        status = 206
+        first = await service.call(caller, piece(start, end))
+        assert isinstance(first, FileRead)
     stop = first.size if end is None else min(end, first.size)
     headers["Content-Length"] = str(max(0, stop - start))
     media_type = mimetypes.guess_type(first.path)[0] or "application/octet-stream"
+    opening = first
 
     async def pieces() -> AsyncIterator[bytes]:
-        current, offset = first, start
+        current, offset = opening, start
         while True:
             data = base64.b64decode(current.content)
             yield data
             offset += len(data)
             if offset >= stop or not data:
                 return
-            following = await service.call(caller, piece(offset))
+            following = await service.call(caller, piece(offset, end))
             assert isinstance(following, FileRead)
-            if following.sha256 != first.sha256:
+            if following.sha256 != opening.sha256:
                 # Too late for a status: ending short makes the client see a broken transfer.
-                raise _FileChanged(f"{first.path} changed during the download; fetch it again")
+                raise _FileChanged(f"{opening.path} changed during the download; fetch it again")
             current = following
 
-    return StreamingResponse(pieces(), media_type=media_type, headers=headers)
+    return StreamingResponse(pieces(), status, headers, media_type)
 
 
 async def _pieces_of(request: Request) -> AsyncIterator[bytes]:

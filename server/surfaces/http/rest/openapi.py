@@ -146,6 +146,15 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
     if route.style == Style.FILE_READ:
         parameters.append(
             {
+                "name": "Range",
+                "in": "header",
+                "required": False,
+                "description": "one byte range (bytes=START-END, START-, -LAST_N): 206",
+                "schema": {"type": "string"},
+            }
+        )
+        parameters.append(
+            {
                 "name": "If-None-Match",
                 "in": "header",
                 "required": False,
@@ -216,7 +225,12 @@ def _success(route: Route) -> dict[str, Any]:
                 "with Accept: application/json",
                 "content": {"application/octet-stream": {"schema": {}}, **json_body},
             },
+            "206": {
+                "description": "the asked range, with Content-Range",
+                "content": {"application/octet-stream": {"schema": {}}},
+            },
             "304": {"description": "If-None-Match holds: the file still has that sha256"},
+            "416": {"description": "the range is outside the file (Content-Range: bytes */SIZE)"},
         }
     if route.style == Style.FILE_WRITE:
         return {
