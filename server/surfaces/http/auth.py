@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.surfaces.http.problems import PROBLEM_JSON, Problem
 from server.surfaces.mcp.identity import AGENT_STATE_KEY
 
 __all__ = [
@@ -113,15 +114,9 @@ async def send_json(
 async def _refuse(scope: Scope, send: Send, status: int, slug: str, detail: str) -> None:
     headers = [(b"www-authenticate", b'Bearer realm="projectvm"')] if status == 401 else []
     if scope["path"].startswith(PROBLEM_PREFIX):
-        problem = {
-            "type": f"/api/v1/docs#{slug}",
-            "title": slug.replace("-", " ").capitalize(),
-            "status": status,
-            "detail": detail,
-            "instance": scope["path"],
-        }
-        body = json.dumps(problem).encode()
-        await send_json(send, status, body, headers, b"application/problem+json")
+        problem = Problem(status, slug, slug.replace("-", " ").capitalize(), detail)
+        body = json.dumps(problem.body(scope["path"])).encode()
+        await send_json(send, status, body, headers, PROBLEM_JSON.encode())
     else:
         body = json.dumps({"error": slug, "message": detail}).encode()
         await send_json(send, status, body, headers)
