@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import uvicorn
 
 from server.surfaces.http.app import MCP_PATH, build_http_app
+from server.surfaces.http.auth import CredentialSource
 from server.surfaces.mcp.server import ServerHandle
 
 __all__ = ["serve_http"]
@@ -41,14 +42,16 @@ async def serve_http(
     allowed_hosts: list[str] | None = None,
     on_ready: Callable[[str], None] | None = None,
     stop: anyio.Event | None = None,
+    credential_sources: Sequence[CredentialSource] = (),
 ) -> None:
     """Serve until interrupted or ``stop`` is set; ``on_ready`` gets the MCP URL.
 
     The socket is bound before serving starts, so the URL is known (and connectable) at once,
     even with ``port=0``. Setting ``stop`` shuts down gracefully: open sessions end and the
     server's lifespan (the store, the VM channels) closes before this returns.
+    ``credential_sources``: ways to authenticate besides the bearer token (a session cookie).
     """
-    app = build_http_app(handle, host, allowed_hosts)
+    app = build_http_app(handle, host, allowed_hosts, credential_sources=credential_sources)
     sock = _bind(host, port)
     # wsproto is a dependency; the websockets package, if installed, is not needed.
     config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="wsproto")

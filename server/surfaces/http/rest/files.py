@@ -149,7 +149,8 @@ async def _pieces_of(request: Request) -> AsyncIterator[bytes]:
 
 
 async def write_file(api: RestApi, route: Route, request: Request) -> Response:
-    model = await bind(request, route, extra={"content": ""})
+    # The body is the content, as bytes: neither may be given as a parameter.
+    model = await bind(request, route, extra={"content": "", "encoding": "utf-8"})
     assert isinstance(model, WriteFile)
     service = api.service
     limit = service.limits.max_file_bytes
