@@ -113,7 +113,10 @@ async def bind(
                 raise invalid("the request body must be a JSON object of the operation's fields")
             _merge(fields, body, "body")
     _merge(fields, _conditional_fields(request, route), "conditional headers")
-    _merge(fields, extra or {}, "request")
+    for name in extra or {}:
+        if name in fields:
+            raise invalid(f"{name} is not a parameter of {route.method} {route.url}; drop it")
+    fields.update(extra or {})
     model = ENDPOINTS[route.operation].request
     try:
         return model.model_validate(fields)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import mimetypes
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
@@ -183,6 +184,7 @@ async def write_file(api: RestApi, route: Route, request: Request) -> Response:
     assert isinstance(result, FileWrite)
     headers = {"ETag": _etag(result.sha256)}
     if result.created:
-        headers["Location"] = f"{API_PREFIX}/projects/{result.project_id}/files/{result.path}"
+        where = quote(result.path)  # a header is ASCII; paths may not be
+        headers["Location"] = f"{API_PREFIX}/projects/{result.project_id}/files/{where}"
         return json_response(result, 201, headers)
     return json_response(result, 200, headers)
