@@ -243,3 +243,32 @@ async def test_a_ticket_opens_one_socket_once(
     async with server.rest("dave") as dave:
         stranger = await dave.post("/ws-tickets", json={"project_id": project_id})
     assert stranger.status_code == 404
+
+
+async def test_output_resumes_from_a_since_cursor_without_repeats(
+    server: Server, alice_rest: httpx.AsyncClient, rest_projects: MakeProject
+) -> None:
+    project_id = await rest_projects("resume")
+    script = "for i in 1 2 3 4; do echo part $i; sleep 0.2; done"
+    started = await alice_rest.post(
+        f"/projects/{project_id}/executions", json={"command": script, "wait_s": 0}
+    )
+    execution_id = started.json()["execution_id"]
+    async with socket(server, project_id, "alice") as first:
+        await send(first, stream="execution", type="subscribe", execution_id=execution_id)
+        assert (await receive(first))["type"] == "ack"
+        piece = await receive(first)
+        assert piece["type"] == "output"
+        await send(first, stream="execution", type="unsubscribe", execution_id=execution_id)
+        seen, cursor = piece["stdout"], piece["next_since"]
+    async with socket(server, project_id, "alice") as again:
+        await send(
+            again, stream="execution", type="subscribe", execution_id=execution_id, since=cursor
+        )
+        assert (await receive(again))["type"] == "ack"
+        while True:
+            message = await receive(again)
+            if message["type"] == "exit":
+                break
+            seen += message["stdout"]
+    assert seen == "part 1\npart 2\npart 3\npart 4\n"
