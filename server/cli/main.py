@@ -13,6 +13,7 @@ from guest_runtime.errors import ProjectVMError
 from server import __version__
 from server.cli.admin import agents, gc, projects
 from server.cli.common import say
+from server.cli.costs import costs
 from server.cli.doctor import doctor
 from server.cli.images import image
 from server.cli.serve import quickstart, serve
@@ -31,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "projects": projects,
     "image": image,
     "gc": gc,
+    "costs": costs,
 }
 
 
@@ -74,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="which VM drivers work here, and why not")
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument(
+        "--measure",
+        action="store_true",
+        help="also create a VM on each usable driver, time its boot and first command, and "
+        "destroy it",
+    )
     doctor.add_argument("--driver", help="check this driver choice (default: auto)")
 
     agents = commands.add_parser("agents", help="manage agent identities and tokens")
@@ -93,17 +101,27 @@ def _parser() -> argparse.ArgumentParser:
     project_list = project_commands.add_parser("list", help="list every project")
     project_list.add_argument("--json", action="store_true")
 
-    image = commands.add_parser("image", help="the project runtime image (docker driver)")
+    image = commands.add_parser("image", help="the project runtime image, for every driver")
     image_commands = image.add_subparsers(dest="image_command", required=True)
     build = image_commands.add_parser(
-        "build", help="build the runtime image from Debian packages and import it (no registry)"
+        "build",
+        help="build the runtime image from Debian packages (no registry): the docker image, "
+        "the VM drivers' boot artifacts and the local sandbox's root",
     )
     build.add_argument("--template", default="runtime", choices=["runtime", "minimal"])
-    build.add_argument("--tag", help="image name (default projectvm/TEMPLATE:VERSION)")
+    build.add_argument(
+        "--for",
+        dest="targets",
+        default="auto",
+        help="docker, vm, or both (docker,vm); default: what this machine can run",
+    )
+    build.add_argument("--tag", help="docker image name (default projectvm/TEMPLATE:VERSION)")
     build.add_argument("--mirror", help="Debian mirror (default: the one apt uses here)")
-    build.add_argument("--work-dir", help="scratch directory (default DATA_DIR/build)")
-    build.add_argument("--keep", action="store_true", help="keep the root filesystem and tar")
-    image_commands.add_parser("status", help="is the engine up and the runtime image there")
+    build.add_argument(
+        "--rebuild", action="store_true", help="make the root filesystem anew even if current"
+    )
+    status = image_commands.add_parser("status", help="every image artifact, its size and hash")
+    status.add_argument("--json", action="store_true")
 
     gc = commands.add_parser(
         "gc", help="find VMs, volumes and workspaces that belong to no project; --yes removes"
@@ -122,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --yes, remove every resource of this other installation (ids from "
         "--all-installations)",
     )
+
+    cost = commands.add_parser(
+        "costs", help="this month's (or --month's) cost of each project on a metered driver"
+    )
+    cost.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
+    cost.add_argument("--json", action="store_true")
 
     commands.add_parser("version", help="print the version")
     return parser

@@ -238,7 +238,7 @@ class Files:
         grant, client = await self._open(caller, request.project_id)
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
-            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             written = await self._put(
                 grant.project, client, request.path, data, request.if_match, request.append
             )
@@ -269,7 +269,7 @@ class Files:
             raise InvalidInput("a streamed write takes its content from the stream only")
         grant, client = await self._open(caller, request.project_id)
         project_id, path, limit = grant.project_id, request.path, self._limits.max_file_bytes
-        await self._locks.check_write(project_id, caller.agent_id, path)
+        await self._locks.check_write(project_id, caller.agent_id, client, path)
         target = await client.stat(path)
         mode = target.mode & 0o7777 if target.exists and target.mode is not None else None
         temp = upload_name(path)
@@ -295,7 +295,7 @@ class Files:
                 await client.write_file(temp, b"", mode=mode)
             async with self._runtimes.of(project_id).mutation:
                 await self._gate.admit(caller, project_id)
-                await self._locks.check_write(project_id, caller.agent_id, path)
+                await self._locks.check_write(project_id, caller.agent_id, client, path)
                 current = await client.stat(path, sha256=request.if_match is not None)
                 if request.if_match is not None:
                     expected = None if request.if_match == "absent" else request.if_match
@@ -339,7 +339,7 @@ class Files:
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             if not request.dry_run:
-                await self._locks.check_write(project_id, caller.agent_id, request.path)
+                await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             limit = self._limits.max_file_bytes
             current = await client.read_file(request.path, max_bytes=limit)
             if not current.eof:
@@ -389,7 +389,7 @@ class Files:
         grant, client = await self._open(caller, request.project_id)
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
-            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             try:
                 removed, resolved = await client.remove(
                     request.path, recursive=request.recursive, if_match=request.if_match
@@ -405,7 +405,7 @@ class Files:
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             await self._locks.check_write(
-                project_id, caller.agent_id, request.source, request.destination
+                project_id, caller.agent_id, client, request.source, request.destination
             )
             moved_from, moved_to = await client.move(
                 request.source, request.destination, overwrite=request.overwrite

@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.domain.errors import InvalidInput
 
-__all__ = ["CONFIG_FILENAME", "DB_FILENAME", "Limits", "ServerConfig", "default_data_dir"]
+__all__ = [
+    "CONFIG_FILENAME",
+    "DB_FILENAME",
+    "FlyPrices",
+    "Limits",
+    "Prices",
+    "ServerConfig",
+    "default_data_dir",
+]
 
 CONFIG_FILENAME = "config.toml"
 DB_FILENAME = "projectvm.db"
@@ -74,6 +82,52 @@ class Limits(BaseModel):
     )
 
 
+class FlyPrices(BaseModel):
+    """Fly.io's published prices (base region, USD per 30 days), as read on ``read_on``.
+
+    Re-read https://fly.io/docs/about/pricing/ before quoting money, and set newer figures in
+    config.toml under [prices.fly]; regions other than the base one cost more.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    read_on: str = Field(default="2026-09-16", description="when these figures were read")
+    machine_per_month: dict[str, float] = Field(
+        default_factory=lambda: {
+            # guest name -> price of its base memory (256 MB per shared CPU, 2 GB per
+            # performance CPU) for 30 days started
+            "shared-cpu-1x": 1.94,
+            "shared-cpu-2x": 3.89,
+            "shared-cpu-4x": 7.78,
+            "shared-cpu-8x": 15.55,
+            "performance-1x": 31.00,
+            "performance-2x": 62.00,
+            "performance-4x": 124.00,
+            "performance-8x": 248.00,
+            "performance-16x": 496.00,
+        },
+        description="price per 30 days started, per guest size at its base memory",
+    )
+    extra_memory_per_gb_month: float = Field(
+        default=5.0, ge=0, description="each GB of memory above a size's base, per 30 days"
+    )
+    stopped_rootfs_per_gb_month: float = Field(
+        default=0.15, ge=0, description="a stopped or suspended Machine's rootfs, per GB"
+    )
+    rootfs_gb: float = Field(
+        default=1.0, ge=0, description="the size of the project image's rootfs (billed stopped)"
+    )
+    volume_per_gb_month: float = Field(
+        default=0.15, ge=0, description="a volume's provisioned size, per GB for 30 days"
+    )
+
+
+class Prices(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fly: FlyPrices = Field(default_factory=FlyPrices)
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,6 +137,7 @@ class ServerConfig(BaseModel):
         default_factory=dict, description="per-driver options, by driver name"
     )
     limits: Limits = Field(default_factory=Limits)
+    prices: Prices = Field(default_factory=Prices)
 
     @property
     def db_path(self) -> Path:

@@ -102,6 +102,17 @@ class ProjectSettings(_Model):
         default_factory=list,
         description="advisory: commands matching any of these shell patterns are refused",
     )
+    monthly_budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="on a metered driver (fly): warn (an event) at 80% of this month's "
+        "spending, and at 100% act as budget_action says; null = no budget",
+    )
+    budget_action: Literal["warn", "stop"] = Field(
+        default="warn",
+        description="at 100% of monthly_budget_usd: 'warn' only, or 'stop' the VM (any later "
+        "call that needs it starts it again, and is stopped again while over budget)",
+    )
 
     @field_validator("environment_variables")
     @classmethod
