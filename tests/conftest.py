@@ -147,7 +147,7 @@ async def alice_projects(
 
 # Every test outside tests/unit needs a real backend (a sandbox, an engine, a subprocess);
 # the tiers are marked here so `-m "not integration"` runs the fast ones anywhere.
-INTEGRATION_TIERS = {"conformance", "docker", "guest", "lifecycle", "mcp", "security"}
+INTEGRATION_TIERS = {"conformance", "docker", "guest", "lifecycle", "mcp", "rest", "security"}
 SLOW_TESTS = {"test_soak.py", "test_crash_recovery.py", "test_paging.py"}
 
 

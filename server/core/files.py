@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+import hashlib
+import posixpath
+import secrets
+from collections.abc import AsyncIterable, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
 import anyio
 
 from guest_runtime.client import GuestClient
-from guest_runtime.errors import WriteConflict
+from guest_runtime.errors import GuestError, GuestUnreachable, WriteConflict
 from guest_runtime.protocol import FileData, WriteResult
 from server.core.access import Grant
 from server.core.caller import Caller
@@ -49,15 +52,22 @@ from server.core.results import (
 from server.core.runtime import Runtimes
 from server.core.storage import StorageGuard
 from server.domain.config import Limits
-from server.domain.errors import Conflict, InvalidInput, LimitExceeded
+from server.domain.errors import InvalidInput, LimitExceeded, StaleWrite
 from server.domain.events import FileDeleted, FileEdited, FileMoved, FileWritten
 from server.domain.models import Project
 from server.store import Store
 
-__all__ = ["SMALL_READ_BYTES", "Files"]
+__all__ = ["SMALL_READ_BYTES", "Files", "upload_name"]
 
 # Reads up to this size are served at once; larger ones take a large-read slot.
 SMALL_READ_BYTES = 1024 * 1024
+
+
+def upload_name(path: str) -> str:
+    """Where an upload to ``path`` gathers: a hidden name beside it (the same filesystem, so
+    moving it into place is one rename), unique per upload."""
+    folder, name = posixpath.split(path.rstrip("/"))
+    return posixpath.join(folder, f".{name[:64]}.{secrets.token_hex(6)}.pvm-upload")
 
 
 class Files:
@@ -86,11 +96,11 @@ class Files:
         grant = await self._gate.admit(caller, project_id)
         return grant, await self._lifecycle.client(grant.project, caller.report)
 
-    async def _conflict(self, project_id: str, err: WriteConflict) -> Conflict:
+    async def _conflict(self, project_id: str, err: WriteConflict) -> StaleWrite:
         path = str(err.data.get("path", ""))
         last = await self._store.events.last_for_path(project_id, path)
         who = f"; last changed by {last.agent_id} at {last.created_at.isoformat()}" if last else ""
-        return Conflict(
+        return StaleWrite(
             f"{path} changed since you read it: it now has sha256 "
             f"{err.current_sha256 or 'absent (deleted)'}{who}. Read it again, then retry with "
             "the new sha256 as if_match",
@@ -260,6 +270,83 @@ class Files:
             sha256=written.sha256,
             size=written.size,
             created=written.created,
+        )
+
+    async def write_stream(
+        self, caller: Caller, request: WriteFile, chunks: AsyncIterable[bytes]
+    ) -> FileWrite:
+        """A write whose content arrives in pieces (an HTTP upload), never held whole.
+
+        The pieces gather under a hidden name beside the file; only when all have arrived is
+        it moved into place, under the project's mutation lock and with ``if_match`` checked
+        then, so no reader ever sees a half-written file. A failed or abandoned upload leaves
+        nothing behind. Every piece re-admits the caller: a member removed mid-upload stops.
+        """
+        if request.content or request.append or request.encoding != "utf-8":
+            raise InvalidInput("a streamed write takes its content from the stream only")
+        grant, client = await self._open(caller, request.project_id)
+        project_id, path, limit = grant.project_id, request.path, self._limits.max_file_bytes
+        await self._locks.check_write(project_id, caller.agent_id, client, path)
+        target = await client.stat(path)
+        mode = target.mode & 0o7777 if target.exists and target.mode is not None else None
+        temp = upload_name(path)
+        digest, size, placed = hashlib.sha256(), 0, False
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > limit:
+                    raise LimitExceeded(
+                        f"the upload to {path} is larger than {limit} bytes, the most one file "
+                        "write takes here; produce a larger file inside the VM with run_command"
+                    )
+                grant = await self._gate.admit(caller, project_id)
+                await self._storage.check_write(grant.project, client, temp, len(chunk), True)
+                written = await client.write_file(
+                    temp, chunk, append=size > len(chunk), if_match=None, mode=mode
+                )
+                self._storage.wrote(project_id, written.previous_size, written.size)
+                digest.update(chunk)
+            if size == 0:
+                await client.write_file(temp, b"", mode=mode)
+            async with self._runtimes.of(project_id).mutation:
+                await self._gate.admit(caller, project_id)
+                await self._locks.check_write(project_id, caller.agent_id, client, path)
+                current = await client.stat(path, sha256=request.if_match is not None)
+                if request.if_match is not None:
+                    expected = None if request.if_match == "absent" else request.if_match
+                    found = current.sha256 if current.exists else None
+                    if found != expected:
+                        raise await self._conflict(
+                            project_id,
+                            WriteConflict(
+                                "stale if_match", {"path": path, "current_sha256": found}
+                            ),
+                        )
+                _, resolved = await client.move(temp, path, overwrite=True)
+                placed = True
+                self._storage.forget(project_id)
+                sha256 = digest.hexdigest()
+                await self._journal.record(
+                    project_id,
+                    caller.agent_id,
+                    FileWritten(path=resolved, sha256=sha256, size=size),
+                )
+        finally:
+            if not placed:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    try:
+                        await client.remove(temp, missing_ok=True)
+                    except (GuestError, GuestUnreachable):
+                        pass  # the VM went away: its workspace is the driver's to clean
+                self._storage.forget(project_id)
+        return FileWrite(
+            project_id=project_id,
+            path=resolved,
+            sha256=sha256,
+            size=size,
+            created=not current.exists,
         )
 
     async def edit(self, caller: Caller, request: EditFile) -> EditResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,7 +42,8 @@ from server.core.members import Members
 from server.core.path_locks import PathLockTable
 from server.core.projects import Projects
 from server.core.reconcile import Reconciler
-from server.core.requests import OPERATION_OF, REQUESTS, Request
+from server.core.requests import OPERATION_OF, REQUESTS, Request, WriteFile
+from server.core.results import FileWrite
 from server.core.runtime import Runtimes
 from server.core.sleeper import Sleeper
 from server.core.storage import StorageGuard
@@ -203,6 +204,15 @@ class ProjectService:
         if not isinstance(request, expected):
             raise TypeError(f"{caller.operation} takes {expected.__name__}, not {request!r}")
         return await handler(getattr(self, owner), caller, request)
+
+    async def upload(
+        self, caller: Caller, request: WriteFile, chunks: AsyncIterable[bytes]
+    ) -> FileWrite:
+        """Serve a ``write_file`` whose content arrives as a stream (an HTTP upload); the same
+        operation, so the same policy, with the content never held whole."""
+        if caller.operation != Operation.WRITE_FILE:
+            raise TypeError(f"an upload is the write_file operation, not {caller.operation}")
+        return await self.files.write_stream(caller, request, chunks)
 
     async def act(
         self,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import uvicorn
 
 from server.surfaces.http.app import MCP_PATH, build_http_app
+from server.surfaces.http.auth import CredentialSource
 from server.surfaces.mcp.server import ServerHandle
 
 __all__ = ["serve_http"]
@@ -16,7 +17,10 @@ __all__ = ["serve_http"]
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only
+    # then. Without it a small answer written in two parts (headers, body) waits for the
+    # client's delayed ACK: some 40 ms on every request of a kept-alive connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -38,16 +42,19 @@ async def serve_http(
     allowed_hosts: list[str] | None = None,
     on_ready: Callable[[str], None] | None = None,
     stop: anyio.Event | None = None,
+    credential_sources: Sequence[CredentialSource] = (),
 ) -> None:
     """Serve until interrupted or ``stop`` is set; ``on_ready`` gets the MCP URL.
 
     The socket is bound before serving starts, so the URL is known (and connectable) at once,
     even with ``port=0``. Setting ``stop`` shuts down gracefully: open sessions end and the
     server's lifespan (the store, the VM channels) closes before this returns.
+    ``credential_sources``: ways to authenticate besides the bearer token (a session cookie).
     """
-    app = build_http_app(handle, host, allowed_hosts)
+    app = build_http_app(handle, host, allowed_hosts, credential_sources=credential_sources)
     sock = _bind(host, port)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    # wsproto is a dependency; the websockets package, if installed, is not needed.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="wsproto")
     server = uvicorn.Server(config)
     bound_port = sock.getsockname()[1]
     display = f"[{host}]" if ":" in host else host
