@@ -4,14 +4,17 @@ never would (another agent's session id, a request id already in flight)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx2
+from anyio.abc import Process
 
-__all__ = ["RawSession", "sse_messages"]
+__all__ = ["RawSession", "RawStdio", "sse_messages"]
 
 PROTOCOL_VERSION = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
@@ -113,3 +116,64 @@ class RawSession:
         result = answer["result"]
         assert not result.get("isError"), f"{name} failed: {result}"
         return dict(result["structuredContent"])
+
+
+@dataclass
+class RawStdio:
+    """One MCP connection to a ``projectvm serve`` process, spoken line by line over stdio."""
+
+    process: Process
+    buffer: bytes = b""
+
+    @classmethod
+    @asynccontextmanager
+    async def serve(cls, argv: list[str]) -> AsyncIterator[RawStdio]:
+        """Start the server process, initialize, and stop it (terminate, then kill) after."""
+        process = await anyio.open_process(argv, stderr=subprocess.DEVNULL)
+        try:
+            connection = cls(process)
+            initialize = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "0"},
+                },
+            }
+            await connection.send(initialize)
+            assert "result" in await connection.receive(), "initialize failed"
+            await connection.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            yield connection
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.terminate()
+                    with anyio.move_on_after(30):
+                        await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                await process.aclose()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(json.dumps(message).encode() + b"\n")
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message from the server (notifications included), within 60 s."""
+        assert self.process.stdout is not None
+        with anyio.fail_after(60):
+            while b"\n" not in self.buffer:
+                self.buffer += await self.process.stdout.receive()
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def answer(self, request_id: int) -> dict[str, Any]:
+        """The next answer (result or error) carrying ``request_id``, skipping the rest."""
+        while True:
+            message = await self.receive()
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                return message

@@ -6,6 +6,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp
 
 from server.surfaces.http.auth import BearerAuth
+from server.surfaces.http.request_ids import UniqueRequestIds
 from server.surfaces.mcp.server import ServerHandle
 
 __all__ = ["MCP_PATH", "build_http_app"]
@@ -30,10 +31,11 @@ def build_http_app(
 ) -> ASGIApp:
     # A write_file call carries its content base64- or JSON-encoded: leave room for that.
     largest_file = handle.config.limits.max_file_bytes
+    largest_body = largest_file * 4 // 3 + 1024 * 1024
     mcp_app = handle.mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         transport_security=_security(host, allowed_hosts or []),
-        max_request_body_size=largest_file * 4 // 3 + 1024 * 1024,
+        max_request_body_size=largest_body,
     )
 
     async def resolve(token: str) -> str | None:
@@ -41,4 +43,4 @@ def build_http_app(
             return None
         return await handle.state.service.agents.resolve(token)
 
-    return BearerAuth(mcp_app, resolve)
+    return BearerAuth(UniqueRequestIds(mcp_app, MCP_PATH, largest_body), resolve)
