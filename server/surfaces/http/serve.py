@@ -1,22 +1,84 @@
-"""Serving the HTTP app with uvicorn on a socket bound before serving starts."""
+"""Serving the HTTP app with uvicorn on a socket bound before serving starts, every connection
+watched by a ``ConnectionGuard`` (deadlines for slow and idle clients, a cap on connections)."""
 
 from __future__ import annotations
 
+import logging
+import math
 import socket
 from collections.abc import Callable
 
 import anyio
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from server.domain.config import Limits
 from server.surfaces.http.app import MCP_PATH, build_http_app
+from server.surfaces.http.connections import ConnectionGuard, ConnectionLimits
 from server.surfaces.mcp.server import ServerHandle
 
-__all__ = ["serve_http"]
+__all__ = ["connection_limits", "raise_open_file_limit", "serve_http"]
+
+log = logging.getLogger("projectvm.http")
+
+# The kernel's queue of connections not accepted yet: long, so a burst of clients waits in it
+# rather than being refused.
+LISTEN_QUEUE = 2048
+
+
+class _ListeningSocket(socket.socket):
+    """A listening socket whose kernel queue stays long. asyncio calls listen() with uvicorn's
+    "backlog", which is also how many connections it accepts in one go; that is kept short
+    (``ConnectionLimits.accept_batch``) and must not shorten the queue."""
+
+    def listen(self, backlog: int = LISTEN_QUEUE) -> None:
+        super().listen(max(backlog, LISTEN_QUEUE))
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise this process's soft limit on open files to its hard limit (every connection is a
+    descriptor); the soft limit now in force, or None where there is none to raise."""
+    try:
+        import resource
+    except ImportError:  # not on this platform (Windows)
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, err)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_limits(limits: Limits, open_files: int | None) -> ConnectionLimits:
+    """The guard's limits; connections may use at most half the open-file limit, the rest is
+    for the store, the VM channels and the drivers."""
+    most = limits.http_max_connections
+    if open_files is not None and most > open_files // 2:
+        log.warning(
+            "http_max_connections is %d but the open-file limit is %d: allowing %d connections",
+            most,
+            open_files,
+            max(1, open_files // 2),
+        )
+        most = max(1, open_files // 2)
+    return ConnectionLimits(
+        header_timeout_s=limits.http_request_header_timeout_s,
+        body_timeout_s=limits.http_request_body_timeout_s,
+        min_body_bytes_per_s=limits.http_min_body_bytes_per_s,
+        keep_alive_timeout_s=limits.http_keep_alive_timeout_s,
+        max_connections=most,
+        # A new connection is read within a few loop turns: fewer than its share of the cap
+        # may be accepted (each closing a waiting one) in the meantime.
+        accept_batch=max(1, min(64, most // 8)),
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = _ListeningSocket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -25,7 +87,7 @@ def _bind(host: str, port: int) -> socket.socket:
         raise OSError(
             f"cannot listen on {host}:{port}: {err.strerror}; pick another --port"
         ) from err
-    sock.listen(128)
+    sock.listen()
     sock.setblocking(False)
     return sock
 
@@ -45,9 +107,18 @@ async def serve_http(
     even with ``port=0``. Setting ``stop`` shuts down gracefully: open sessions end and the
     server's lifespan (the store, the VM channels) closes before this returns.
     """
-    app = build_http_app(handle, host, allowed_hosts)
+    limits = handle.config.limits
+    guard = ConnectionGuard(connection_limits(limits, raise_open_file_limit()))
+    app = guard.watch(build_http_app(handle, host, allowed_hosts))
     sock = _bind(host, port)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        http=guard.protocol_class(AutoHTTPProtocol),
+        timeout_keep_alive=math.ceil(limits.http_keep_alive_timeout_s),
+        backlog=guard.limits.accept_batch,
+        log_level="warning",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     bound_port = sock.getsockname()[1]
     display = f"[{host}]" if ":" in host else host
@@ -61,6 +132,7 @@ async def serve_http(
 
     with sock:
         async with anyio.create_task_group() as group:
+            group.start_soon(guard.sweep_forever)
             if stop is not None:
                 group.start_soon(stop_when_told)
             await server.serve(sockets=[sock])
