@@ -8,23 +8,21 @@ once, on the ``process`` driver (usable everywhere), not once per driver.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 import pytest
-from anyio.abc import SocketStream
 
 from server.domain.config import Limits
 from server.store import Store
 from tests.helpers import call, issue_token
+from tests.security.slow_clients import PARTIAL_HEADERS, SlowClients, closed_by_server
 from tests.servers import http_client, serve_process
 
 pytestmark = pytest.mark.anyio
 
-# The request line and a header of a request that never finishes its headers.
-PARTIAL_HEADERS = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 LIMITS = Limits()
 # The longest any connection that is not being served may stay open, with the default limits:
 # the headers' deadline, then the body's (a trickled body adds next to nothing), and the
@@ -51,62 +49,6 @@ def open_file_limits(pid: int) -> tuple[int, int]:
             soft, hard = line.split()[3:5]
             return int(soft), int(hard)
     raise AssertionError(f"no open-file limit for {pid}")
-
-
-async def closed_by_server(stream: SocketStream, drip: bytes = b"") -> None:
-    """Wait until the server closes ``stream``, sending ``drip`` each second meanwhile (a
-    client too slow to finish, but never silent)."""
-    while True:
-        with anyio.move_on_after(1):
-            try:
-                while await stream.receive():
-                    pass  # a response (a 401, a 408): the close follows
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                return
-        if drip:
-            try:
-                await stream.send(drip)
-            except (anyio.BrokenResourceError, OSError):
-                return
-
-
-@dataclass
-class SlowClients:
-    """``count`` connections that each send part of a request and never the rest (with
-    ``reconnect``, each one the server closes is opened again, as fast as it can be)."""
-
-    host: str
-    port: int
-    count: int
-    reconnect: bool = False
-    connected: int = 0
-    closed: int = 0
-    all_tried: anyio.Event = field(default_factory=anyio.Event)
-
-    async def one(self) -> None:
-        while True:
-            try:
-                stream = await anyio.connect_tcp(self.host, self.port)
-            except OSError:
-                await anyio.lowlevel.checkpoint()
-                continue
-            async with stream:
-                try:
-                    await stream.send(PARTIAL_HEADERS)
-                except (anyio.BrokenResourceError, OSError):
-                    pass
-                self.connected += 1
-                if self.connected >= self.count:
-                    self.all_tried.set()
-                await closed_by_server(stream)
-            self.closed += 1
-            if not self.reconnect:
-                return
-
-    async def run(self) -> None:
-        async with anyio.create_task_group() as group:
-            for _ in range(self.count):
-                group.start_soon(self.one)
 
 
 async def test_300_slow_connections_cannot_keep_a_new_client_from_calling_a_tool(

@@ -99,12 +99,17 @@ class ConnectionGuard:
     open: set[TrackedConnection] = field(default_factory=set)
     closed_slow: int = 0  # connections closed at a deadline
     closed_surplus: int = 0  # connections closed to make room (or refused: nothing to close)
+    # The waiting (AWAITING, BODY) and the idle connections, each in the order they entered
+    # that phase: the first is the one to close for room, found at once even under a flood.
+    _waiting: dict[TrackedConnection, None] = field(default_factory=dict)
+    _idle: dict[TrackedConnection, None] = field(default_factory=dict)
 
     # --- what the protocol reports -----------------------------------------------------------
 
     def opened(self, connection: TrackedConnection, transport: asyncio.Transport) -> None:
         connection.transport = transport
         self.open.add(connection)
+        self._waiting[connection] = None
         if len(self.open) > self.limits.max_connections:
             victim = self._surplus(excluding=connection) or connection
             self.closed_surplus += 1
@@ -133,7 +138,7 @@ class ConnectionGuard:
             connection.tail = seen[-3:]
 
     def lost(self, connection: TrackedConnection) -> None:
-        self.open.discard(connection)
+        self._forget(connection)
 
     # --- what the ASGI middleware reports ---------------------------------------------------
 
@@ -158,7 +163,7 @@ class ConnectionGuard:
             transport = connection.transport
             if transport is None or transport.is_closing():
                 # Handed to another protocol (a WebSocket) or closing: no longer ours to watch.
-                self.open.discard(connection)
+                self._forget(connection)
                 continue
             deadline = connection.deadline(self.limits)
             if deadline is not None and now >= deadline:
@@ -187,21 +192,31 @@ class ConnectionGuard:
     def _enter(self, connection: TrackedConnection, phase: Phase) -> None:
         connection.phase = phase
         connection.since = self.clock()
+        self._waiting.pop(connection, None)
+        self._idle.pop(connection, None)
+        if connection not in self.open:
+            return
+        if phase in (Phase.AWAITING, Phase.BODY):
+            self._waiting[connection] = None
+        elif phase is Phase.IDLE:
+            self._idle[connection] = None
 
     def _surplus(self, excluding: TrackedConnection) -> TrackedConnection | None:
         """The connection to close for room: the one waiting longest on an incomplete request,
         else the one idle longest; never one being served."""
-        waiting = [
-            c for c in self.open if c is not excluding and c.phase in (Phase.AWAITING, Phase.BODY)
-        ]
-        idle = [c for c in self.open if c is not excluding and c.phase is Phase.IDLE]
-        for candidates in (waiting, idle):
-            if candidates:
-                return min(candidates, key=lambda c: c.since)
+        for candidates in (self._waiting, self._idle):
+            for connection in candidates:
+                if connection is not excluding:
+                    return connection
         return None
 
-    def _close(self, connection: TrackedConnection, *, abort: bool) -> None:
+    def _forget(self, connection: TrackedConnection) -> None:
         self.open.discard(connection)
+        self._waiting.pop(connection, None)
+        self._idle.pop(connection, None)
+
+    def _close(self, connection: TrackedConnection, *, abort: bool) -> None:
+        self._forget(connection)
         transport = connection.transport
         if transport is not None and not transport.is_closing():
             # Aborting frees the descriptor now, whatever a client that does not read left

@@ -21,6 +21,9 @@ __all__ = ["connection_limits", "raise_open_file_limit", "serve_http"]
 
 log = logging.getLogger("projectvm.http")
 
+# The soft open-file limit asked for when the hard one is unlimited.
+UNLIMITED_OPEN_FILES = 1 << 20
+
 # The kernel's queue of connections not accepted yet: long, so a burst of clients waits in it
 # rather than being refused.
 LISTEN_QUEUE = 2048
@@ -43,12 +46,20 @@ def raise_open_file_limit() -> int | None:
     except ImportError:  # not on this platform (Windows)
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft != hard:
+    # An unlimited hard limit still has the kernel's ceiling (fs.nr_open, 2**20 by default).
+    target = UNLIMITED_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError) as err:
-            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, err)
+            log.warning(
+                "cannot raise the open-file limit from %d to %d (%s): fewer HTTP connections "
+                "fit; raise it before starting the server (ulimit -n)",
+                soft,
+                target,
+                err,
+            )
     return None if soft == resource.RLIM_INFINITY else soft
 
 
@@ -58,7 +69,8 @@ def connection_limits(limits: Limits, open_files: int | None) -> ConnectionLimit
     most = limits.http_max_connections
     if open_files is not None and most > open_files // 2:
         log.warning(
-            "http_max_connections is %d but the open-file limit is %d: allowing %d connections",
+            "http_max_connections is %d but the open-file limit is only %d: allowing %d HTTP "
+            "connections; raise the hard limit (ulimit -Hn) to allow more",
             most,
             open_files,
             max(1, open_files // 2),
@@ -70,8 +82,9 @@ def connection_limits(limits: Limits, open_files: int | None) -> ConnectionLimit
         min_body_bytes_per_s=limits.http_min_body_bytes_per_s,
         keep_alive_timeout_s=limits.http_keep_alive_timeout_s,
         max_connections=most,
-        # A new connection is read within a few loop turns: fewer than its share of the cap
-        # may be accepted (each closing a waiting one) in the meantime.
+        # A new connection's first bytes are read a few loop turns after it is accepted, and
+        # each turn may accept this many more, each closing the longest waiting one: at an
+        # eighth of the cap, a newcomer is read before it could be the longest waiting.
         accept_batch=max(1, min(64, most // 8)),
     )
 
