@@ -97,6 +97,41 @@ class Limits(BaseModel):
     max_project_concurrent_executions: int | None = Field(
         default=64, description="the most commands a project may run at once"
     )
+    # The HTTP server's defences against slow and idle clients (server/surfaces/http/
+    # connections.py). With the defaults, a connection that is not being served is closed
+    # within 30 s: 10 s for its headers, then 15 s for a trickled body; or after 15 s idle.
+    http_request_header_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="an HTTP request's line and headers must all arrive within this many "
+        "seconds of its first byte (of the connection's opening, for its first request); "
+        "else the connection is closed",
+    )
+    http_request_body_timeout_s: float = Field(
+        default=15,
+        gt=0,
+        description="an HTTP request body must arrive within this many seconds of its headers, "
+        "plus one second per http_min_body_bytes_per_s bytes received; else the connection "
+        "is closed",
+    )
+    http_min_body_bytes_per_s: int = Field(
+        default=16 * 1024,
+        ge=1,
+        description="the upload rate that keeps a large request body within its deadline",
+    )
+    http_keep_alive_timeout_s: float = Field(
+        default=15,
+        gt=0,
+        description="an HTTP connection idle between requests is closed after this many seconds",
+    )
+    http_max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="the most HTTP connections open at once (never more than half the "
+        "process's open-file limit, raised to its hard limit at start); a new one past it "
+        "closes the connection that has waited longest without completing a request (else "
+        "the longest idle), so new clients get in",
+    )
 
 
 class FlyPrices(BaseModel):

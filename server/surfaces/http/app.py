@@ -20,6 +20,7 @@ from server.surfaces.http.auth import (
     send_json,
 )
 from server.surfaces.http.hosts import HostPolicy
+from server.surfaces.http.request_ids import UniqueRequestIds
 from server.surfaces.http.rest.app import PUBLIC_PATHS, build_rest_app
 from server.surfaces.http.rest.routes import API_PREFIX
 from server.surfaces.mcp.server import ServerHandle
@@ -42,10 +43,11 @@ def build_http_app(
     hosts = HostPolicy.for_bind(host, allowed_hosts)
     # A write_file call carries its content base64- or JSON-encoded: leave room for that.
     largest_file = handle.config.limits.max_file_bytes
+    largest_body = largest_file * 4 // 3 + 1024 * 1024
     mcp_app = handle.mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         transport_security=hosts.mcp_settings(),
-        max_request_body_size=largest_file * 4 // 3 + 1024 * 1024,
+        max_request_body_size=largest_body,
     )
 
     async def resolve(token: str) -> str | None:
@@ -58,6 +60,8 @@ def build_http_app(
 
     authenticator = Authenticator(BearerTokens(resolve), credential_sources)
     rest_app = build_rest_app(service, authenticator, hosts)
+    # A JSON-RPC id already in flight in the session is refused before the SDK sees it.
+    mcp_guarded = UniqueRequestIds(mcp_app, MCP_PATH, largest_body)
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -66,6 +70,6 @@ def build_http_app(
         elif scope["type"] in ("http", "websocket") and path.startswith(API_PREFIX + "/"):
             await rest_app(scope, receive, send)
         else:
-            await mcp_app(scope, receive, send)
+            await mcp_guarded(scope, receive, send)
 
     return Authenticate(dispatch, authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS})

@@ -7,9 +7,12 @@ also proves it came from our own pages: such a source returns an identity with a
 ``csrf_check``, and the middleware refuses a POST, PUT, PATCH or DELETE that fails it.
 
 A missing or unknown credential is a 401 before any further processing; a known one leaves
-the :class:`Identity` (and, for the MCP surface, the agent's id) in the request's state.
-WebSocket handshakes pass through to their endpoint, which authenticates with the
-subprotocol header or a ticket (see ``ws``) and can ask the same sources.
+the :class:`Identity` (and, for the MCP surface, the agent's id) in the request's state, and
+makes the agent the request's authenticated user. The MCP SDK binds each session to the user
+whose request opened it and answers anyone else's use of its id as it answers an unknown
+session (404): another agent's valid token cannot join, listen to, cancel in, or end an
+agent's session. WebSocket handshakes pass through to their endpoint, which authenticates
+with the subprotocol header or a ticket (see ``ws``) and can ask the same sources.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Seque
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -158,4 +163,9 @@ class Authenticate:
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state[IDENTITY_STATE_KEY] = identity
         state[AGENT_STATE_KEY] = identity.agent_id
+        # The agent is the principal (client_id) an MCP session is bound to, whatever
+        # credential it came with; no secret is kept in the scope.
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token=identity.via, client_id=identity.agent_id, scopes=[])
+        )
         await self.app(scope, receive, send)

@@ -15,6 +15,7 @@ from server.core.service import open_service
 from server.domain.config import ServerConfig
 from server.surfaces.mcp.identity import AppState, Transport
 from server.surfaces.mcp.middleware import listen_guard
+from server.surfaces.mcp.request_ids import unique_request_ids
 from server.surfaces.mcp.resources import CheckedSubscriptionBus, register_resources
 from server.surfaces.mcp.tools import register_tools
 
@@ -72,7 +73,7 @@ def build_server(config: ServerConfig, *, transport: Transport, agent: str | Non
         lifespan=lifespan,
         log_level="WARNING",
         subscriptions=bus,
-        middleware=[listen_guard],
+        middleware=[unique_request_ids, listen_guard],
     )
     register_tools(mcp)
     publish = register_resources(mcp, bus)
