@@ -55,6 +55,12 @@ def project_of(uri: str) -> str | None:
     return None
 
 
+def connection_of(session: ServerSession) -> object:
+    """What stays the same across one client session's requests (the SDK builds a new
+    ServerSession for each request; the connection beneath is the session's own)."""
+    return getattr(session, "_connection", session)
+
+
 async def may_read_events(state: AppState, agent_id: str, project_id: str) -> bool:
     """Whether ``agent_id`` may read the project's feed now (checked again at every delivery:
     a member removed, or a project that excluded get_events since, hears nothing more)."""
@@ -113,7 +119,8 @@ def register_resources(mcp: MCPServer, bus: CheckedSubscriptionBus) -> Publisher
     """Register the event feed; returns the publisher to call when a project's feed grows."""
     # Sessions that asked for updates (and the agent each acts as), per URI. The SDK cannot
     # tell us when a session ends, so each URI keeps its most recent subscribers only.
-    legacy: dict[str, OrderedDict[ServerSession, tuple[AppState, str]]] = {}
+    # Keyed by the session's connection: the SDK makes a ServerSession per request.
+    legacy: dict[str, OrderedDict[object, tuple[ServerSession, AppState, str]]] = {}
 
     @mcp.resource(
         EVENTS_URI,
@@ -148,8 +155,9 @@ def register_resources(mcp: MCPServer, bus: CheckedSubscriptionBus) -> Publisher
         except ProjectVMError as err:
             raise ResourceError(str(err)) from err
         subscribers = legacy.setdefault(uri, OrderedDict())
-        subscribers[ctx.session] = (state, caller.agent_id)
-        subscribers.move_to_end(ctx.session)
+        key = connection_of(ctx.session)
+        subscribers[key] = (ctx.session, state, caller.agent_id)
+        subscribers.move_to_end(key)
         while len(subscribers) > MAX_LEGACY_SUBSCRIBERS:
             subscribers.popitem(last=False)
         return types.EmptyResult()
@@ -157,7 +165,7 @@ def register_resources(mcp: MCPServer, bus: CheckedSubscriptionBus) -> Publisher
     async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         subscribers = legacy.get(str(params.uri))
         if subscribers is not None:
-            subscribers.pop(ctx.session, None)
+            subscribers.pop(connection_of(ctx.session), None)
         return types.EmptyResult()
 
     # MCPServer has no public hook for the 2025 protocol's resources/subscribe.
@@ -171,11 +179,11 @@ def register_resources(mcp: MCPServer, bus: CheckedSubscriptionBus) -> Publisher
         uri = events_uri(project_id)
         await bus.publish(ResourceUpdated(uri=uri))
         subscribers = legacy.get(uri, OrderedDict())
-        for session, (state, agent) in list(subscribers.items()):
+        for key, (session, state, agent) in list(subscribers.items()):
             # Access is checked again at delivery: a member removed since subscribing hears
             # nothing more, and its subscription ends.
             if not await may_read_events(state, agent, project_id):
-                subscribers.pop(session, None)
+                subscribers.pop(key, None)
                 continue
             await session.send_resource_updated(uri)
 
