@@ -16,6 +16,7 @@ from server.cli.common import say
 from server.cli.costs import costs
 from server.cli.doctor import doctor
 from server.cli.images import image
+from server.cli.limits import limits
 from server.cli.serve import quickstart, serve
 
 __all__ = ["main"]
@@ -33,6 +34,7 @@ COMMANDS: dict[str, Command] = {
     "image": image,
     "gc": gc,
     "costs": costs,
+    "limits": limits,
 }
 
 
@@ -146,6 +148,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     cost.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
     cost.add_argument("--json", action="store_true")
+
+    limit = commands.add_parser(
+        "limits", help="the limits this server enforces (config.toml [limits]) and what they mean"
+    )
+    limit.add_argument("--json", action="store_true")
+    limit.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    limit.add_argument(
+        "--defaults", action="store_true", help="the built-in defaults, not this config's values"
+    )
 
     commands.add_parser("version", help="print the version")
     return parser
