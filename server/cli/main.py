@@ -122,6 +122,25 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--rebuild", action="store_true", help="make the root filesystem anew even if current"
     )
+    pushing = image_commands.add_parser(
+        "push",
+        help="push the runtime image with the agent baked in to a registry (for the fly "
+        "driver), no Docker engine needed; prints it pinned by digest",
+    )
+    pushing.add_argument(
+        "--to",
+        help="registry/repository:tag (default: the fly driver's image, "
+        "registry.fly.io/projectvm-runtime:VERSION)",
+    )
+    pushing.add_argument("--template", default="runtime", choices=["runtime", "minimal"])
+    pushing.add_argument("--username", default="x", help="registry user (Fly: x)")
+    pushing.add_argument(
+        "--password-env",
+        default="FLY_API_TOKEN",
+        help="environment variable holding the registry password or token (default "
+        "FLY_API_TOKEN; none = no credentials)",
+    )
+    pushing.add_argument("--mirror", help="Debian mirror, if the root filesystem is built")
     status = image_commands.add_parser("status", help="every image artifact, its size and hash")
     status.add_argument("--json", action="store_true")
 
