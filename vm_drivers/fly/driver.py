@@ -716,6 +716,9 @@ class FlyDriver(ClosingDriver):
                 "region": self.config.region,
                 "image": self.config.image,
                 "apps": str(len(ours)),
+                # Said where an operator looks: a project's network "none" cannot be kept here.
+                "network": "always egress: Fly Machines reach the internet, so a project's "
+                "network 'none' is not enforced on fly",
             },
         )
 
