@@ -195,3 +195,28 @@ class Walk:
                     self._descend(frame, name)
         finally:
             self.close()
+
+
+def remove_tree(path: str) -> bool:
+    """Remove the directory ``path`` and everything in it, at any depth, never following a
+    symlink; returns False when nothing was there. (For hosts too: ``shutil.rmtree`` recurses
+    and fails on trees deeper than Python's recursion limit.)"""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        parent_fd = os.open(parent, DIR_FLAGS)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return False
+        for entry in Walk(fd, [], post_order=True):
+            if entry.is_dir:
+                os.rmdir(entry.name, dir_fd=entry.dir_fd)
+            else:
+                os.unlink(entry.name, dir_fd=entry.dir_fd)
+        os.rmdir(name, dir_fd=parent_fd)
+        return True
+    finally:
+        os.close(parent_fd)
