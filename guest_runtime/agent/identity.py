@@ -22,6 +22,15 @@ from typing import List, Optional, Tuple
 log = logging.getLogger("projectvm.agent")
 
 COMMAND_USER = "pvm"
+# What the agent needs to keep commands apart: switching to their identity (SETUID, SETGID),
+# and, as root, handing them files (CHOWN) in directories they own (DAC_OVERRIDE, FOWNER).
+NEEDED_CAPABILITIES = {
+    0: "CAP_CHOWN",
+    1: "CAP_DAC_OVERRIDE",
+    3: "CAP_FOWNER",
+    6: "CAP_SETGID",
+    7: "CAP_SETUID",
+}
 
 
 class Identity:
@@ -75,6 +84,21 @@ def _mapped(path: str, wanted: int) -> bool:
             if inside <= wanted < inside + count:
                 return True
     return False
+
+
+def _missing_capabilities() -> List[str]:
+    """The needed capabilities this process lacks (none known missing without /proc)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    effective = int(line.split()[1], 16)
+                    break
+            else:
+                return []
+    except (OSError, ValueError, IndexError):
+        return []
+    return [name for bit, name in sorted(NEEDED_CAPABILITIES.items()) if not effective >> bit & 1]
 
 
 def effective(requested: Optional[Identity]) -> Tuple[Optional[Identity], str]:
