@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import hashlib
 import os
@@ -379,7 +380,7 @@ class Files:
         if request.max_diff_bytes is not None:
             max_diff = max(0, min(request.max_diff_bytes, 4 * edits.DEFAULT_MAX_DIFF_BYTES))
         # A dry run changes nothing: it needs no lock, only one consistent read.
-        lock = self._mutation if not request.dry_run else threading.Lock()
+        lock = self._mutation if not request.dry_run else contextlib.nullcontext()
         with lock, self.workspace.resolve(request.path) as res:
             fd = _open_regular(res)
             try:
