@@ -100,9 +100,19 @@ def write_driver_options(data_dir: Path, options: dict[str, dict[str, object]]) 
 
 
 def requires_isolation(config: ServerConfig) -> None:
-    """Skip a test of isolation on a driver that promises none."""
+    """Skip a test of isolation on a backend that provides none: the process driver, and
+    fake-firecracker (it runs the agent as a plain process of this host: no guest kernel)."""
     if config.driver == "process":
         pytest.skip("the process driver promises no isolation: it runs the agent as the server")
+    binary = Path(str(config.drivers.get("firecracker", {}).get("binary", "")))
+    # The fake's wrapper script execs tests/firecracker/fake_firecracker.py.
+    fake = binary.is_file() and "fake_firecracker.py" in binary.read_text(errors="replace")
+    if config.driver == "firecracker" and fake:
+        pytest.skip(
+            "fake-firecracker runs the guest agent as a plain process of this host (there is "
+            "no guest kernel here): its commands are not isolated, so isolation is not tested "
+            "on it"
+        )
 
 
 @pytest.fixture

@@ -6,6 +6,12 @@ default socket). One container per project runs a tiny init; the workspace is a 
 volume's labels keep the spec to re-create it from). The guest agent is copied in and runs as
 **one long-lived exec with attached stdio**: that stream is the channel for every call.
 
+Commands never share the agent's identity: the agent runs as root and starts every command as
+uid/gid 1000 (``--run-as``; a ``pvm`` user is added to images that have no uid 1000), and
+hands the workspace volume over to that uid. The agent's code lives in ``/.projectvm``, owned
+by root (0755, files 0644), so no command can change it; PID 1 (the init) never holds the
+channel, which is the agent's own exec stream.
+
 The ``docker`` package is synchronous: every call runs in a worker thread. Its errors are
 translated to the driver error tree here, at the boundary.
 """
@@ -13,6 +19,7 @@ translated to the driver error tree here, at the boundary.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import socket
 import ssl
@@ -64,9 +71,19 @@ __all__ = ["ERROR_TRANSLATIONS", "DockerDriver", "translate_docker_error"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("projectvm.drivers.docker")
+
 WORKSPACE = "/workspace"
 AGENT_DIR = "/.projectvm"
 INIT_PATH = f"{AGENT_DIR}/init.pyz"
+# Who commands run as (the agent stays root): never the agent's own uid.
+COMMAND_UID_GID = "1000:1000"
+# Gives uid 1000 a name where the image has none for it (idempotent; run as root at start).
+COMMAND_USER_SETUP = (
+    "grep -q '^[^:]*:[^:]*:1000:' /etc/passwd || "
+    "echo 'pvm:x:1000:1000:ProjectVM commands:/workspace:/bin/sh' >> /etc/passwd; "
+    "grep -q '^[^:]*:[^:]*:1000:' /etc/group || echo 'pvm:x:1000:' >> /etc/group"
+)
 LABEL_SPEC = "projectvm.spec"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # The Engine API version spoken: served by Docker 20.10+ and Podman 4+.
@@ -122,13 +139,20 @@ def translate_docker_error(err: BaseException, action: str) -> DriverError:
 
 
 def _tar_of(files: dict[str, bytes]) -> bytes:
+    """The agent's files under ``/.projectvm``: a root-owned 0755 directory, 0644 files."""
     buffer = io.BytesIO()
+    now = int(time.time())
     with tarfile.open(fileobj=buffer, mode="w") as archive:
+        directory = tarfile.TarInfo(AGENT_DIR.lstrip("/"))
+        directory.type = tarfile.DIRTYPE
+        directory.mode = 0o755
+        directory.mtime = now
+        archive.addfile(directory)
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o755
-            info.mtime = int(time.time())
+            info.mode = 0o644
+            info.mtime = now
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
@@ -309,6 +333,19 @@ class DockerDriver(ClosingDriver):
 
     async def _start(self, container: Container) -> None:
         await self._call(f"starting {container.name}", container.start)
+        exit_code, output = await self._call(
+            f"naming the command user in {container.name}",
+            container.exec_run,
+            ["sh", "-c", COMMAND_USER_SETUP],
+            user="0",
+        )
+        if exit_code:  # only a name is missing then: commands still run as uid 1000
+            log.warning(
+                "could not name uid 1000 in %s (status %s): %s",
+                container.name,
+                exit_code,
+                output.decode(errors="replace").strip()[:200],
+            )
 
     # -- VMDriver -----------------------------------------------------------------------------
 
@@ -453,7 +490,8 @@ class DockerDriver(ClosingDriver):
             f"starting the guest agent in {vm_id}",
             api.exec_create,
             container.id,
-            ["python3", agent, "--root", WORKSPACE],
+            ["python3", agent, "--root", WORKSPACE, "--run-as", COMMAND_UID_GID],
+            user="0",
             stdin=True,
             stdout=True,
             stderr=True,

@@ -8,6 +8,7 @@ a sandbox) and what they prepare around it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import anyio
 import anyio.abc
 from pydantic import BaseModel
 
+from guest_runtime.agent.walk import remove_tree
 from guest_runtime.bundle import write_agent_zipapp
 from vm_drivers.base import DriverContext, VMCreationResult, VMInfo, VMSpec, VMStatus
 from vm_drivers.errors import (
@@ -184,7 +186,9 @@ class HostProcessDriver(ClosingDriver):
         async with self._locks(vm_id):
             await self._end_agent(vm_id)
             workspace = self.workspace_dir(vm_id)
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
+            with contextlib.suppress(OSError):
+                # Iterative: a workspace may hold a tree deeper than the recursion limit.
+                await anyio.to_thread.run_sync(remove_tree, str(workspace))
             if workspace.exists():
                 raise VMOperationFailed(
                     f"could not remove the workspace {workspace}; check its permissions"

@@ -211,7 +211,9 @@ class FileRead(BaseModel):
 class FileWrite(BaseModel):
     project_id: str
     path: str
-    sha256: str
+    sha256: str | None = Field(
+        description="of the file's content; null after an append (read_file gives it)"
+    )
     size: int
     created: bool
 
@@ -222,6 +224,9 @@ class EditResult(BaseModel):
     sha256: str = Field(description="of the file after the edit (unchanged on dry_run)")
     replacements: int
     diff: str
+    diff_truncated: bool = Field(
+        default=False, description="the diff was cut (the edit itself is whole)"
+    )
     applied: bool = Field(description="false for dry_run")
 
 
