@@ -23,6 +23,25 @@ def _why_not(tree_ready: bool) -> str | None:
     return None
 
 
+def ensure_test_tree(cache: Path) -> Path:
+    """The Debian tree in ``cache`` (the local sandbox's image root), built if missing."""
+    tree = cache / f"rootfs-{TEMPLATE}"
+    if (tree / "etc" / "projectvm-image").is_file():
+        return tree
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        raise RuntimeError(
+            "building a root filesystem needs root and debootstrap (apt-get install debootstrap)"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tree / "etc" / "projectvm-image").is_file():
+            building = cache / f"rootfs-{TEMPLATE}.building"
+            anyio.run(build_rootfs, building, TEMPLATE)
+            building.rename(tree)
+    return tree
+
+
 def ensure_test_images(cache: Path) -> Path:
     """The artifacts directory in ``cache``, built if missing (serialised across processes)."""
     cache.mkdir(parents=True, exist_ok=True)

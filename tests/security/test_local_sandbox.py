@@ -1,0 +1,201 @@
+"""The local sandbox no longer sees the host, is nobody on the host, keeps the agent's channel
+out of reach, and leaves no cgroup behind (issue 10 item 6; issue 9 findings 2 and 20).
+
+Each runs on both of the sandbox's roots: the minimal view of the host, and the runtime
+image's Debian tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from guest_runtime.client import GuestClient
+from server.domain.config import ServerConfig
+from server.surfaces.mcp.server import build_server
+from tests.conformance.conftest import spec
+from tests.helpers import call
+from vm_drivers.base import DriverContext
+from vm_drivers.cgroups import Cgroups
+from vm_drivers.local import LocalDriver
+from vm_drivers.registry import DriverSet
+from vm_drivers.sandbox.identity import COMMAND_UID
+
+pytestmark = pytest.mark.anyio
+
+both_roots = pytest.mark.parametrize("server_backend", ["local", "local-image"], indirect=True)
+
+Owner = tuple[Client, str, LocalDriver]
+
+
+@pytest.fixture
+async def local_owner(driver_config: ServerConfig) -> AsyncIterator[Owner]:
+    """alice with a fresh project on the local driver (deleted afterwards), and the driver."""
+    handle = build_server(driver_config, transport="memory", agent="alice")
+    async with Client(handle.mcp) as client:
+        project_id = (await call(client, "create_project", name="sandbox"))["project_id"]
+        assert handle.state is not None
+        driver = handle.state.service.drivers.get("local")
+        assert isinstance(driver, LocalDriver)
+        try:
+            yield client, project_id, driver
+        finally:
+            await call(client, "delete_project", project_id=project_id)
+
+
+@pytest.fixture
+def host_markers() -> Iterator[dict[Path, str]]:
+    """Secret files in /var/tmp, /opt and /srv on the host (made here, removed after)."""
+    token = secrets.token_hex(8)
+    made: dict[Path, str] = {}
+    made_dirs: list[Path] = []
+    try:
+        for directory in (Path("/var/tmp"), Path("/opt"), Path("/srv")):
+            if not directory.exists():
+                directory.mkdir()
+                made_dirs.append(directory)
+            marker = directory / f"projectvm-marker-{token}"
+            marker.write_text(f"host secret {token}\n")
+            made[marker] = token
+        yield made
+    finally:
+        for marker in made:
+            marker.unlink(missing_ok=True)
+        for directory in made_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+async def run(client: Client, project_id: str, command: str) -> dict[str, object]:
+    return await call(client, "run_command", project_id=project_id, command=command, timeout_s=60)
+
+
+@both_roots
+async def test_a_command_cannot_read_what_the_host_keeps_outside_the_sandbox(
+    local_owner: Owner, host_markers: dict[Path, str], driver_config: ServerConfig
+) -> None:
+    client, project_id, _ = local_owner
+    secrets_on_host = [*host_markers, Path("/etc/shadow"), driver_config.data_dir / "projectvm.db"]
+    for path in secrets_on_host:
+        read = await run(client, project_id, f"cat {path}")
+        assert read["exit_code"] != 0, f"{path} is readable: {read}"
+        assert "host secret" not in str(read["stdout"])
+        assert "root:" not in str(read["stdout"])
+        listed = await run(client, project_id, f"ls -a {path.parent}")
+        assert path.name not in str(listed["stdout"]), f"{path.parent} shows it: {listed}"
+    listing = await run(client, project_id, "ls /")
+    assert "workspace" in str(listing["stdout"])
+
+
+@both_roots
+async def test_the_host_sees_the_sandbox_processes_under_an_unprivileged_uid(
+    local_owner: Owner,
+) -> None:
+    client, project_id, driver = local_owner
+    seconds = f"1000.{secrets.randbelow(10**6)}"
+    await run(client, project_id, f"nohup sleep {seconds} >/dev/null 2>&1 &")
+    [sleeper] = [pid for pid in _pids() if _cmdline(pid) == ["sleep", seconds]]
+    bubblewrap = _ancestors_in_sandbox(sleeper)
+    sandbox = [sleeper, *bubblewrap, *_children(bubblewrap[0])]  # the agent is init's child
+    uids = {pid: _uids(pid) for pid in sandbox}
+    assert all(0 not in ids for ids in uids.values()), uids
+    if os.geteuid() == 0:
+        base = driver.identity.uid_base
+        expected = base + (COMMAND_UID if driver.identity.run_as else 0)
+        assert uids[sleeper] == {expected}
+        assert all(min(ids) >= base for ids in uids.values()), uids
+
+
+@both_roots
+async def test_no_process_a_command_can_open_holds_the_channel(local_owner: Owner) -> None:
+    client, project_id, _ = local_owner
+    listing = await run(
+        client,
+        project_id,
+        'for f in /proc/[0-9]*/fd/*; do l=$(readlink "$f" 2>/dev/null) && echo "$f $l"; done',
+    )
+    readable = str(listing["stdout"]).splitlines()
+    assert any(line.startswith("/proc/1/fd/") for line in readable), readable
+    assert [line for line in readable if "socket:" in line] == []
+    # What forgery found before (finding 2): pid 1's stdout was the channel. Nothing written
+    # there reaches the host now, and the channel keeps working.
+    forged = '{"jsonrpc":"2.0","method":"exec.exit","params":{"exec_id":"x","exit_code":0}}'
+    await run(client, project_id, f"for f in /proc/1/fd/*; do echo '{forged}' > $f; done")
+    assert (await run(client, project_id, "echo still here"))["stdout"] == "still here\n"
+
+
+async def test_sandbox_cgroups_are_removed_when_they_end_and_stale_ones_at_start(
+    local_config: ServerConfig,
+) -> None:
+    context = DriverContext.for_data_dir(local_config.data_dir)
+    drivers = DriverSet(context, local_config.drivers)
+    driver = drivers.get("local")
+    assert isinstance(driver, LocalDriver)
+    controllers = [c.directory / driver.cgroups.group for c in driver.cgroups.controllers.values()]
+    if not driver.cgroups.controllers or "pids" in driver.cgroups.problems:
+        pytest.skip(f"no cgroups here: {driver.cgroups.status()}")
+    created = await driver.create_project_vm(spec())
+    try:
+        for _ in range(4):
+            async with GuestClient(await driver.open_channel(created.vm_id)) as guest:
+                await guest.hello()
+                assert any(group.is_dir() for group in controllers)
+    finally:
+        await driver.destroy_project_vm(created.vm_id)
+        await drivers.aclose()
+    assert [group for group in controllers if group.exists()] == []
+    # A server killed mid-sandbox leaves its cgroup: the next driver of the installation reaps.
+    stale = controllers[0] / f"{created.vm_id}.dead"
+    stale.mkdir(parents=True)
+    Cgroups.detect(driver.cgroups.group)  # detecting alone removes nothing
+    assert stale.is_dir()
+    LocalDriver(driver.config, context)
+    assert not stale.exists()
+    assert [group for group in controllers if group.exists()] == []
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def _status(pid: int, key: str) -> str:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(rf"^{key}:\s*(.*)$", text, re.MULTILINE)
+    assert match is not None
+    return match.group(1)
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _uids(pid: int) -> set[int]:
+    return {int(value) for value in _status(pid, "Uid").split()}
+
+
+def _ancestors_in_sandbox(pid: int) -> list[int]:
+    """The agent and bubblewrap's processes above ``pid``, up to the outer bubblewrap."""
+    found = []
+    while True:
+        pid = int(_status(pid, "PPid"))
+        if pid <= 1:
+            return found
+        found.append(pid)
+        if _cmdline(pid)[:1] and os.path.basename(_cmdline(pid)[0]) == "bwrap":
+            parent = int(_status(pid, "PPid"))
+            if os.path.basename((_cmdline(parent) or [""])[0]) != "bwrap":
+                return found
