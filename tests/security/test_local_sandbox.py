@@ -112,22 +112,42 @@ async def test_the_host_sees_the_sandbox_processes_under_an_unprivileged_uid(
         assert all(min(ids) >= base for ids in uids.values()), uids
 
 
+FORGERY = r"""
+out='{"jsonrpc":"2.0","method":"exec.output","params":{"exec_id":"VICTIM","seq":0,"stream":"stdout","data":"Zm9yZ2VkCg=="}}'
+end='{"jsonrpc":"2.0","method":"exec.exit","params":{"exec_id":"VICTIM","exit_code":0,"signal":null,"timed_out":false,"killed":false,"truncated":false}}'
+for f in /proc/[0-9]*/fd/*; do
+  case "$f" in /proc/$$/*) continue ;; esac
+  printf '%s\n%s\n' "$out" "$end" 2>/dev/null > "$f" && echo "wrote $f"
+done
+true
+"""
+
+
 @both_roots
-async def test_no_process_a_command_can_open_holds_the_channel(local_owner: Owner) -> None:
-    client, project_id, _ = local_owner
-    listing = await run(
-        client,
-        project_id,
-        'for f in /proc/[0-9]*/fd/*; do l=$(readlink "$f" 2>/dev/null) && echo "$f $l"; done',
-    )
-    readable = str(listing["stdout"]).splitlines()
-    assert any(line.startswith("/proc/1/fd/") for line in readable), readable
-    assert [line for line in readable if "socket:" in line] == []
-    # What forgery found before (finding 2): pid 1's stdout was the channel. Nothing written
-    # there reaches the host now, and the channel keeps working.
-    forged = '{"jsonrpc":"2.0","method":"exec.exit","params":{"exec_id":"x","exit_code":0}}'
-    await run(client, project_id, f"for f in /proc/1/fd/*; do echo '{forged}' > $f; done")
-    assert (await run(client, project_id, "echo still here"))["stdout"] == "still here\n"
+async def test_a_command_cannot_forge_another_commands_result_through_the_channel(
+    driver_config: ServerConfig,
+) -> None:
+    """Finding 2 as it was done: forged exec.output/exec.exit lines written to every descriptor
+    a command can open (/proc/1/fd/1 was the channel) while another command runs."""
+    drivers = DriverSet(DriverContext.for_data_dir(driver_config.data_dir), driver_config.drivers)
+    driver = drivers.get("local")
+    created = await driver.create_project_vm(spec())
+    try:
+        async with GuestClient(await driver.open_channel(created.vm_id)) as guest:
+            await guest.hello()
+            victim = await guest.start_exec("sleep 3; echo real; exit 3", exec_id="victimexec01")
+            attacker = await guest.start_exec(FORGERY.replace("VICTIM", victim.exec_id))
+            async for _ in attacker.events():
+                pass
+            output = b""
+            async for event in victim.events():
+                output += getattr(event, "data", b"")
+            assert victim.exit is not None
+            assert victim.exit.exit_code == 3, (victim.exit, output)
+            assert b"real" in output
+    finally:
+        await driver.destroy_project_vm(created.vm_id)
+        await drivers.aclose()
 
 
 async def test_sandbox_cgroups_are_removed_when_they_end_and_stale_ones_at_start(
