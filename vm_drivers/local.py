@@ -17,7 +17,7 @@ sandbox bounds its processes, memory and CPU, and goes when the sandbox ends.
 
 from __future__ import annotations
 
-import os
+import logging
 import secrets
 import shutil
 from pathlib import Path
@@ -40,6 +40,8 @@ from vm_drivers.sandbox.network import UserModeNetwork, find_slirp4netns
 from vm_drivers.sandbox.root import SandboxRoot, etc_files
 
 __all__ = ["LocalDriver"]
+
+log = logging.getLogger("projectvm.local")
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)"
 IMAGE_MARKER = Path("etc") / "projectvm-image"
@@ -111,15 +113,17 @@ class LocalDriver(HostProcessDriver):
     # -- the workspace ------------------------------------------------------------------------
 
     async def provision_workspace(self, record: HostVMRecord) -> HostVMRecord:
-        owner = self.identity.workspace_owner()
+        # The sandbox mounts the disk (or binds the directory) and fixes its owner itself.
         new = not self.records.exists(record.vm_id)
         if new and record.disk_gb and await anyio.to_thread.run_sync(self._disks_wanted):
             record = record.model_copy(update={"workspace_disk": True})
         if record.workspace_disk:
             size = disk_bytes(record.disk_gb or 0)
             disk = self._disk(record.vm_id)
-            await anyio.to_thread.run_sync(disk.ensure, size, owner)
-        await anyio.to_thread.run_sync(_own, self.workspace_dir(record.vm_id), owner)
+            owner = self.identity.workspace_owner()
+            later = await anyio.to_thread.run_sync(disk.ensure_image, size, owner)
+            if later:
+                log.warning("%s", later)
         return record
 
     async def remove_workspace(self, vm_id: str) -> None:
@@ -157,6 +161,10 @@ class LocalDriver(HostProcessDriver):
         staged = {"workspace": workspace, "agent.pyz": agent, "etc": etc}
         if root.tree is not None:
             staged["rootfs"] = root.tree
+        disks: frozenset[str] = frozenset()
+        if record.workspace_disk:
+            staged["workspace"] = self._disk(record.vm_id).image
+            disks = frozenset({"workspace"})
         return SandboxPlan(
             bwrap=self._bwrap(),
             identity=self.identity,
@@ -166,6 +174,7 @@ class LocalDriver(HostProcessDriver):
             egress=record.network == "egress",
             staged=staged,
             etc_names=sorted(files),
+            disks=disks,
             environment={"PROJECTVM_PROJECT_ID": record.project_id},
             stage=check_stage(self.config.runtime_dir, self.identity)
             if self.identity.privileged
@@ -259,7 +268,7 @@ class LocalDriver(HostProcessDriver):
     async def _trial_sandbox(self) -> str | None:
         """Start a real sandbox that runs ``true`` (as the VMs' sandboxes would be made);
         None if it worked, else what went wrong."""
-        scratch = self.root / "probe" / secrets.token_hex(4)
+        scratch = self.root / "sandboxes" / f"probe-{secrets.token_hex(4)}"
         record = HostVMRecord.model_validate(
             {
                 "vm_id": "pvm-probe",
@@ -274,7 +283,6 @@ class LocalDriver(HostProcessDriver):
         try:
             workspace = scratch / "workspace"
             workspace.mkdir(parents=True)
-            os.chown(workspace, *self.identity.workspace_owner())
             agent = scratch / "agent.pyz"
             agent.write_text("")
             plan = await anyio.to_thread.run_sync(self._plan, record, agent, scratch, workspace)
@@ -293,18 +301,6 @@ GUARD_LIMITS = (
     "API writes over the limit are refused and no command may grow a file past it, but a "
     "process can overshoot between two measurements"
 )
-
-
-def _own(path: Path, owner: tuple[int, int]) -> None:
-    """Give the workspace to ``owner`` when its root is someone else's (made before uids were
-    mapped, or for another identity): every entry, never following links."""
-    stat = path.stat()
-    if (stat.st_uid, stat.st_gid) == owner:
-        return
-    for directory, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.chown(os.path.join(directory, name), *owner, follow_symlinks=False)
-    os.chown(path, *owner)
 
 
 _: type[VMDriver] = LocalDriver

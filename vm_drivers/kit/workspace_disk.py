@@ -1,11 +1,12 @@
 """A workspace that is a filesystem of its own: a sparse ext4 image, loop-mounted.
 
 Where the server can mount (root, loop devices, e2fsprogs), a project's workspace is an image
-file sized by ``VMSpec.disk_gb`` and mounted where the driver wants it (the local sandbox's
-workspace directory; the directory a docker volume binds). The kernel then refuses a write past
+file sized by ``VMSpec.disk_gb``, either mounted here where the driver wants it (the directory
+a docker volume binds: ``ensure``) or only made ready for a sandbox that mounts it in a mount
+namespace of its own (the local driver: ``ensure_image``). The kernel then refuses a write past
 the size with "No space left on device", whoever writes: a command, a detached process or the
-guest agent. An image is made once, mounted again after a reboot, grown online when the setting
-grows, and unmounted and deleted with its VM.
+guest agent. An image is made once, mounted again after a reboot, grown when the setting grows
+(online while mounted here; else while no one has it attached), and deleted with its VM.
 
 Every function here blocks (it runs ``mount``, ``mkfs.ext4``, ``resize2fs``): call them in a
 worker thread. A lock file next to the image serialises two servers sharing a data directory.
@@ -38,7 +39,7 @@ __all__ = [
 GIB = 1024**3
 # ext4 needs some room for itself; below this a limit is kept by the server's guard alone.
 MIN_DISK_BYTES = 4 * 1024 * 1024
-TOOLS = ("mkfs.ext4", "resize2fs", "mount", "umount", "losetup")
+TOOLS = ("mkfs.ext4", "resize2fs", "e2fsck", "debugfs", "mount", "umount", "losetup")
 SETUP_HINT = (
     "run the server as root on a host with loop devices and e2fsprogs "
     "(apt-get install e2fsprogs mount)"
@@ -58,14 +59,14 @@ class DiskSupport:
     reason: str
 
 
-def _run(argv: list[str]) -> str:
+def _run(argv: list[str], ok: tuple[int, ...] = (0,)) -> str:
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise VMOperationFailed(f"{argv[0]} could not run: {err}; {SETUP_HINT}") from err
-    if done.returncode != 0:
+    if done.returncode not in ok:
         detail = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
         if "No space left" in detail:
             raise VMResourceExhausted(
@@ -150,21 +151,25 @@ class WorkspaceDisk:
 
     def ensure(self, size: int, owner: tuple[int, int] | None) -> None:
         """Make the image if it is missing (its root owned by ``owner``, (uid, gid), if not
-        None), mount it if it is not, and grow it to ``size`` if it is smaller."""
+        None), mount it at the mount point if it is not, and grow it to ``size`` if smaller."""
         with self._locked():
-            created = False
             if not self.exists():
                 self._make(size, owner)
-                created = True
             self.mount_point.mkdir(parents=True, exist_ok=True)
             if self._mount() is None:
                 self._mount_image()
-            if created:
-                # ext4's lost+found would be the first thing every listing shows.
-                with contextlib.suppress(OSError):
-                    (self.mount_point / "lost+found").rmdir()
             if self.size_bytes() < size:
                 self._grow(size)
+
+    def ensure_image(self, size: int, owner: tuple[int, int] | None) -> str | None:
+        """Make the image if it is missing and grow it to ``size`` if smaller, without mounting
+        it here (a sandbox mounts it); returns why it could not grow now, if it could not."""
+        with self._locked():
+            if not self.exists():
+                self._make(size, owner)
+            elif self.size_bytes() < size:
+                return self._grow(size)
+        return None
 
     def _make(self, size: int, owner: tuple[int, int] | None) -> None:
         self.image.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +182,8 @@ class WorkspaceDisk:
                 options += f",root_owner={owner[0]}:{owner[1]}"
             _run(["mkfs.ext4", "-F", "-q", "-m", "0", "-L", "pvm-workspace", "-E", options,
                   str(building)])  # fmt: skip
+            # ext4's lost+found would be the first thing every listing shows.
+            _run(["debugfs", "-w", "-R", "rmdir lost+found", str(building)])
             building.replace(self.image)
         finally:
             building.unlink(missing_ok=True)
@@ -192,13 +199,21 @@ class WorkspaceDisk:
             _run(["mount", "-t", "ext4", "-o", f"loop,{options}", str(self.image),
                   str(self.mount_point)])  # fmt: skip
 
-    def _grow(self, size: int) -> None:
+    def _grow(self, size: int) -> str | None:
         mount = self._mount()
-        if mount is None:
-            raise VMOperationFailed(f"{self.image} must be mounted to grow it")
+        if mount is not None:
+            os.truncate(self.image, size)
+            _run(["losetup", "--set-capacity", mount.source])
+            _run(["resize2fs", mount.source])
+            return None
+        if self._attached_loop() is not None:
+            # Mounted in another mount namespace (a running sandbox): resize2fs would take it
+            # for unmounted. It grows when it is next free.
+            return f"{self.image} is in use; it grows to {size} bytes when its VM next starts"
         os.truncate(self.image, size)
-        _run(["losetup", "--set-capacity", mount.source])
-        _run(["resize2fs", mount.source])
+        _run(["e2fsck", "-f", "-p", str(self.image)], ok=(0, 1))
+        _run(["resize2fs", str(self.image)])
+        return None
 
     def unmount(self) -> None:
         """Unmount the image (and free its loop device); lazily if something still holds it."""

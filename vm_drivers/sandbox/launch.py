@@ -7,9 +7,11 @@ every command start with their final identity and network.
 
 As root, bubblewrap itself runs as the sandbox range's first uid, in a private mount namespace
 prepared by a small root shell: the "stage", a tmpfs at a directory anyone may traverse, where
-the workspace, the agent, the sandbox's /etc files and the image tree are bind-mounted, because
-an unprivileged uid may not be able to reach them where they live (the data directory is
-usually private). The mounts exist only in that namespace and vanish with the sandbox.
+the agent, the sandbox's /etc files and the image tree are bind-mounted, because an
+unprivileged uid may not be able to reach them where they live (the data directory is usually
+private), and where the workspace disk image is loop-mounted (or its directory bound) and given
+to the sandbox's uid if it is not yet. The mounts exist only in that namespace and vanish with
+the sandbox: the host never has a workspace disk mounted that a sandbox could pin.
 
 The channel to the agent is a socket the agent gets on a descriptor of its own, never the stdio
 of bubblewrap's init (pid 1 of the sandbox), which commands could otherwise open through
@@ -40,16 +42,26 @@ __all__ = ["Sandbox", "SandboxPlan", "check_stage", "start_sandbox"]
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SETUP_TIMEOUT_S = 60.0
-# Mounts the stage (a tmpfs), binds each SOURCE NAME pair into it, then runs the rest.
+# Mounts the stage (a tmpfs), puts each KIND SOURCE NAME triple in it (a disk image mounted, a
+# directory or file bound), gives the workspace to OWNER if it is someone else's, then runs the
+# rest.
 STAGE_SCRIPT = """set -e
-stage=$1; shift
+stage=$1; owner=$2; shift 2
 mount -t tmpfs -o mode=0711,size=1m projectvm-stage "$stage"
 while [ "$1" != "--" ]; do
-  if [ -d "$1" ]; then mkdir "$stage/$2"; else : > "$stage/$2"; fi
-  mount --bind "$1" "$stage/$2"
-  shift 2
+  kind=$1; source=$2; name=$3; shift 3
+  if [ "$kind" = disk ]; then
+    mkdir "$stage/$name"
+    mount -t ext4 -o loop,nosuid,nodev,noatime "$source" "$stage/$name"
+  else
+    if [ -d "$source" ]; then mkdir "$stage/$name"; else : > "$stage/$name"; fi
+    mount --bind "$source" "$stage/$name"
+  fi
 done
 shift
+if [ "$(stat -c %u:%g "$stage/workspace")" != "$owner" ]; then
+  chown -R -h "$owner" "$stage/workspace"
+fi
 exec "$@"
 """
 # Inside the sandbox: the channel's two sockets become the agent's stdin and stdout and the log
@@ -77,6 +89,7 @@ class SandboxPlan:
     egress: bool
     staged: dict[str, Path]  # "workspace", "agent.pyz", "etc", "rootfs" -> host path
     etc_names: list[str]
+    disks: frozenset[str] = frozenset()  # staged names that are disk images (as root)
     environment: dict[str, str] = field(default_factory=dict)
     stage: Path | None = None  # as root: where the stage tmpfs is mounted
     program: list[str] | None = None  # instead of the agent (a trial run)
@@ -118,9 +131,10 @@ class SandboxPlan:
         launcher = ["unshare", "--mount", "--propagation", "private"]
         if self.egress:
             launcher.append("--net")
-        launcher += ["--", "/bin/sh", "-c", STAGE_SCRIPT, "projectvm-stage", str(self.stage)]
+        owner = "{}:{}".format(*self.identity.workspace_owner())
+        launcher += ["--", "/bin/sh", "-c", STAGE_SCRIPT, "projectvm-stage", str(self.stage), owner]
         for name, source in self.staged.items():
-            launcher += [str(source), name]
+            launcher += ["disk" if name in self.disks else "bind", str(source), name]
         return [*launcher, "--", *self.identity.drop_to(), *bwrap]
 
 

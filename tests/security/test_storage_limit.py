@@ -1,0 +1,105 @@
+"""``max_storage_gb`` is a real limit (issue 9 finding 4: with a 10.7 MB limit one command wrote
+52 MB and a detached writer kept going): where the driver makes the workspace a filesystem of
+that size, nothing an agent does takes it past the limit by more than 1%."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from mcp import Client
+
+from server.domain.config import ServerConfig
+from server.surfaces.mcp.server import build_server
+from tests.helpers import call, call_error, eventually
+
+pytestmark = pytest.mark.anyio
+
+LIMIT_GB = 0.02
+LIMIT = int(LIMIT_GB * 1024**3)
+ALLOWED = LIMIT * 1.01
+WRITER = (
+    "nohup sh -c 'i=0; while :; do i=$((i+1)); head -c 1048576 /dev/zero > w$i; done' "
+    ">/dev/null 2>&1 &"
+)
+
+Project = tuple[Client, str]
+
+
+@pytest.fixture
+async def small_project(driver_config: ServerConfig) -> AsyncIterator[Project]:
+    """A project with max_storage_gb = 0.02 (skipped where the driver says it can only guard
+    the limit, not make it a filesystem's)."""
+    handle = build_server(driver_config, transport="memory", agent="alice")
+    async with Client(handle.mcp) as client:
+        assert handle.state is not None
+        driver = handle.state.service.drivers.get(driver_config.driver)
+        storage = (await driver.probe()).details.get("storage", "")
+        if storage.startswith("guard"):
+            pytest.skip(f"{driver_config.driver} keeps the limit without a filesystem: {storage}")
+        settings = {"max_storage_gb": LIMIT_GB}
+        info = await call(client, "create_project", name="quota", settings=settings)
+        try:
+            yield client, info["project_id"]
+        finally:
+            await call(client, "delete_project", project_id=info["project_id"])
+
+
+async def used(client: Client, project_id: str) -> int:
+    usage = (await call(client, "get_project", project_id=project_id))["usage"]
+    assert usage["max_storage_bytes"] == LIMIT
+    return int(usage["workspace_bytes"])
+
+
+async def run(client: Client, project_id: str, command: str) -> dict[str, object]:
+    return await call(client, "run_command", project_id=project_id, command=command, timeout_s=60)
+
+
+@pytest.mark.parametrize("server_backend", ["local", "docker"], indirect=True)
+async def test_no_command_writer_or_api_call_takes_the_workspace_past_its_limit(
+    small_project: Project,
+) -> None:
+    client, project_id = small_project
+    dd = await run(client, project_id, "dd if=/dev/zero of=big bs=1M count=40")
+    assert dd["exit_code"] != 0
+    assert "No space left on device" in str(dd["stderr"])
+    assert await used(client, project_id) <= ALLOWED
+
+    await run(client, project_id, "rm -f big; echo small > small.txt")
+    await run(client, project_id, WRITER)
+
+    async def full() -> bool:
+        return await used(client, project_id) > LIMIT * 0.8
+
+    await eventually(full, what="the detached writer filling the workspace")
+    for _ in range(3):  # the writer goes on trying; the workspace does not grow
+        assert await used(client, project_id) <= ALLOWED
+        inside = await run(client, project_id, "du -sk /workspace | cut -f1")
+        assert int(str(inside["stdout"]).strip()) * 1024 <= ALLOWED
+
+    megabytes = "y" * (3 * 1024 * 1024)
+    await call_error(client, "write_file", project_id=project_id, path="api.txt", content=megabytes)
+    await call_error(
+        client, "write_file", project_id=project_id, path="small.txt", content=megabytes,
+        append=True,
+    )  # fmt: skip
+    await call_error(
+        client,
+        "edit_file",
+        project_id=project_id,
+        path="small.txt",
+        edits=[{"old_text": "small", "new_text": megabytes}],
+    )
+    # A move may need a directory block the full disk does not have: it may fail, not grow.
+    await client.call_tool(
+        "move_path", {"project_id": project_id, "source": "small.txt", "destination": "moved.txt"}
+    )
+    assert await used(client, project_id) <= ALLOWED
+
+    # The server stays healthy and the project usable: stop the writer, free space, write.
+    alive = await run(client, project_id, "pkill -f '[w]hile :' ; rm -f w*; echo alive")
+    assert str(alive["stdout"]).strip().endswith("alive")
+    await call(client, "write_file", project_id=project_id, path="after.txt", content="fits")
+    assert (await call(client, "read_file", project_id=project_id, path="after.txt"))[
+        "content"
+    ].startswith("fits")
