@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -148,6 +149,90 @@ async def test_a_command_cannot_forge_another_commands_result_through_the_channe
     finally:
         await driver.destroy_project_vm(created.vm_id)
         await drivers.aclose()
+
+
+def _outside_address() -> str:
+    """A non-loopback IPv4 address of this host (a listener there is "outside" a sandbox)."""
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 is not installed here, so no host address can be found")
+    import subprocess
+
+    text = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
+    for line in text.stdout.splitlines():
+        address = line.split()[3].split("/")[0]
+        if not address.startswith("127."):
+            return address
+    pytest.skip("this host has no non-loopback IPv4 address to reach")
+
+
+@pytest.fixture
+def host_listeners() -> Iterator[dict[str, str]]:
+    """Listening sockets on the host: its loopback, an abstract unix name, an outside address."""
+    opened: list[socket.socket] = []
+
+    def listen(family: int, address: object) -> socket.socket:
+        server = socket.socket(family, socket.SOCK_STREAM)
+        opened.append(server)
+        server.bind(address)
+        server.listen(8)
+        return server
+
+    try:
+        loopback = listen(socket.AF_INET, ("127.0.0.1", 0)).getsockname()[1]
+        outside_address = _outside_address()
+        outside = listen(socket.AF_INET, (outside_address, 0)).getsockname()[1]
+        abstract = f"projectvm-test-{secrets.token_hex(6)}"
+        listen(socket.AF_UNIX, f"\0{abstract}")
+        yield {
+            "loopback": f"127.0.0.1 {loopback}",
+            "through the gateway": f"10.0.2.2 {loopback}",
+            "outside": f"{outside_address} {outside}",
+            "abstract": abstract,
+        }
+    finally:
+        for server in opened:
+            server.close()
+
+
+CONNECT = (
+    'python3 -c "import socket, sys\n'
+    "if len(sys.argv) == 2:\n"
+    "    s = socket.socket(socket.AF_UNIX); s.connect('\\0' + sys.argv[1])\n"
+    "else:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)\n"
+    '" '
+)
+
+
+@pytest.mark.parametrize("server_backend", ["local"], indirect=True)
+async def test_egress_reaches_out_but_never_the_hosts_loopback_or_abstract_sockets(
+    driver_config: ServerConfig, host_listeners: dict[str, str]
+) -> None:
+    """Finding 12: with --share-net an egress sandbox reached every host loopback service and
+    abstract unix socket, ProjectVM's own port included."""
+    handle = build_server(driver_config, transport="memory", agent="alice")
+    async with Client(handle.mcp) as client:
+        made = []
+        try:
+            for network in ("egress", "none"):
+                info = await call(
+                    client, "create_project", name=network, settings={"network": network}
+                )
+                made.append(info["project_id"])
+                reached = {
+                    name: (await run(client, info["project_id"], CONNECT + target))["exit_code"]
+                    == 0
+                    for name, target in host_listeners.items()
+                }
+                assert reached == {
+                    "loopback": False,
+                    "through the gateway": False,
+                    "outside": network == "egress",
+                    "abstract": False,
+                }, network
+        finally:
+            for project_id in made:
+                await call(client, "delete_project", project_id=project_id)
 
 
 async def test_sandbox_cgroups_are_removed_when_they_end_and_stale_ones_at_start(
