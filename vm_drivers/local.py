@@ -32,12 +32,13 @@ from vm_drivers.config import LocalDriverConfig
 from vm_drivers.errors import DriverError, DriverUnavailable
 from vm_drivers.host_process import HostProcessDriver, HostVMRecord, log_tail
 from vm_drivers.kit.streams import ProcessSocketStream
-from vm_drivers.kit.workspace_disk import WorkspaceDisk, disk_bytes, disk_support
+from vm_drivers.kit.workspace_disk import GIB, WorkspaceDisk, disk_bytes, disk_support
 from vm_drivers.sandbox.identity import SandboxIdentity
 from vm_drivers.sandbox.launch import SandboxPlan, check_stage, start_sandbox
 from vm_drivers.sandbox.network import INSTALL_HINT as SLIRP_HINT
 from vm_drivers.sandbox.network import UserModeNetwork, find_slirp4netns
 from vm_drivers.sandbox.root import SandboxRoot, etc_files
+from vm_drivers.sandbox.storage_watch import StorageWatch
 
 __all__ = ["LocalDriver"]
 
@@ -62,6 +63,7 @@ class LocalDriver(HostProcessDriver):
         self.cgroups.reap()
         self._cgroup_of: dict[str, str] = {}
         self._networks: dict[str, UserModeNetwork] = {}
+        self._watches: dict[str, StorageWatch] = {}
 
     def check_usable(self) -> None:
         self._bwrap()
@@ -201,9 +203,19 @@ class LocalDriver(HostProcessDriver):
         )
         if sandbox.network is not None:
             self._networks[record.vm_id] = sandbox.network
+        if record.disk_gb and not record.workspace_disk:
+            # No disk of its own: the limit is guarded instead (see storage_mode).
+            watch = StorageWatch(
+                self.workspace_dir(record.vm_id), int(record.disk_gb * GIB), sandbox.init_pid
+            )
+            watch.start()
+            self._watches[record.vm_id] = watch
         return ProcessSocketStream(sandbox.process, sandbox.channel, lambda: log_tail(log_path))
 
     async def released(self, vm_id: str) -> None:
+        watch = self._watches.pop(vm_id, None)
+        if watch is not None:
+            watch.stop()
         network = self._networks.pop(vm_id, None)
         if network is not None:
             await network.aclose()
@@ -298,8 +310,9 @@ class LocalDriver(HostProcessDriver):
 
 
 GUARD_LIMITS = (
-    "API writes over the limit are refused and no command may grow a file past it, but a "
-    "process can overshoot between two measurements"
+    "the workspace is measured at least every second and its writers are killed when it "
+    "grows past the limit, API writes over it are refused and no command may grow a file past "
+    "it; a process can overshoot by what it writes between two measurements"
 )
 
 

@@ -103,3 +103,40 @@ async def test_no_command_writer_or_api_call_takes_the_workspace_past_its_limit(
     assert (await call(client, "read_file", project_id=project_id, path="after.txt"))[
         "content"
     ].startswith("fits")
+
+
+@pytest.mark.parametrize("server_backend", ["local"], indirect=True)
+async def test_without_a_disk_the_guard_stops_a_detached_writer(
+    driver_config: ServerConfig,
+) -> None:
+    """Where no disk image can be mounted (here: workspace_disks off), the driver says so and
+    stops a sandbox's writers once the workspace grows past the limit."""
+    options = {**driver_config.drivers.get("local", {}), "workspace_disks": "off"}
+    config = driver_config.model_copy(
+        update={"drivers": {**driver_config.drivers, "local": options}}
+    )
+    handle = build_server(config, transport="memory", agent="alice")
+    async with Client(handle.mcp) as client:
+        assert handle.state is not None
+        storage = (await handle.state.service.drivers.get("local").probe()).details["storage"]
+        assert storage.startswith("guard")
+        info = await call(
+            client, "create_project", name="guarded", settings={"max_storage_gb": LIMIT_GB}
+        )
+        project_id = info["project_id"]
+        try:
+            slow_writer = WRITER.replace("done'", "sleep 0.05; done'")
+            await run(client, project_id, slow_writer)
+
+            async def writer_stopped() -> bool:
+                found = await run(client, project_id, "pgrep -f '[w]hile :' || echo none")
+                return str(found["stdout"]).strip() == "none"
+
+            await eventually(writer_stopped, timeout=60, what="the guard stopping the writer")
+            assert await used(client, project_id) > LIMIT
+            refused = await run(client, project_id, "head -c 1000 /dev/zero > more.bin")
+            assert refused["exit_code"] != 0
+            await run(client, project_id, "rm -f w* more.bin")
+            await call(client, "write_file", project_id=project_id, path="after.txt", content="ok")
+        finally:
+            await call(client, "delete_project", project_id=project_id)

@@ -7,5 +7,7 @@
 - :mod:`~vm_drivers.sandbox.network` — user-mode networking (slirp4netns) for egress, in a
   network namespace of its own;
 - :mod:`~vm_drivers.sandbox.launch` — the command line that starts a sandbox and the handshake
-  that finishes it (id maps, network) before the guest agent runs.
+  that finishes it (id maps, network) before the guest agent runs;
+- :mod:`~vm_drivers.sandbox.storage_watch` — ``max_storage_gb`` where the workspace cannot be a
+  disk of its own: writers are stopped when it grows past the limit.
 """

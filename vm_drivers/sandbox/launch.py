@@ -145,6 +145,7 @@ class Sandbox:
     process: anyio.abc.Process
     channel: anyio.abc.ByteStream
     network: UserModeNetwork | None
+    init_pid: int  # the sandbox's pid 1 (bubblewrap's init), as the host sees it
 
     async def aclose_network(self) -> None:
         if self.network is not None:
@@ -251,7 +252,7 @@ async def start_sandbox(
         await anyio.abc.SocketStream.from_socket(to_agent),
         await anyio.abc.SocketStream.from_socket(from_agent),
     )
-    return Sandbox(process, channel, network)
+    return Sandbox(process, channel, network, child)
 
 
 def _available(fd: int, limit: int = 65536) -> bytes:
