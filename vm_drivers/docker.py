@@ -50,6 +50,7 @@ from vm_drivers.base import (
     VMStatus,
 )
 from vm_drivers.config import DockerDriverConfig, DockerTemplate
+from vm_drivers.docker_guard import ContainerStorageWatch
 from vm_drivers.errors import (
     DriverConfigError,
     DriverError,
@@ -66,7 +67,7 @@ from vm_drivers.kit.lifecycle import ClosingDriver
 from vm_drivers.kit.locks import KeyedLocks
 from vm_drivers.kit.naming import VM_PREFIX, vm_id_for
 from vm_drivers.kit.streams import MultiplexedStream
-from vm_drivers.kit.workspace_disk import WorkspaceDisk, disk_bytes, disk_support
+from vm_drivers.kit.workspace_disk import GIB, WorkspaceDisk, disk_bytes, disk_support
 
 __all__ = ["ERROR_TRANSLATIONS", "DockerDriver", "translate_docker_error"]
 
@@ -151,6 +152,7 @@ class DockerDriver(ClosingDriver):
         self._client: docker.DockerClient | None = None
         self._lock = KeyedLocks()
         self._channels = ChannelSlots()
+        self._watches: dict[str, ContainerStorageWatch] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -323,6 +325,24 @@ class DockerDriver(ClosingDriver):
                 "elsewhere than this server: set the docker driver's workspace_disks to 'off'"
             )
 
+    async def _watch(self, vm_id: str) -> None:
+        """A running container whose workspace is not a disk gets the storage guard."""
+        current = self._watches.get(vm_id)
+        if (current is not None and current.running()) or self._disk(vm_id).exists():
+            return
+        container = await self._container(vm_id)
+        spec = self._spec_of(container) if container is not None else None
+        if container is None or spec is None or not spec.disk_gb:
+            return
+        watch = ContainerStorageWatch(container, int(spec.disk_gb * GIB))
+        watch.start()
+        self._watches[vm_id] = watch
+
+    def _unwatch(self, vm_id: str) -> None:
+        watch = self._watches.pop(vm_id, None)
+        if watch is not None:
+            watch.stop()
+
     async def _network(self, vm_id: str, spec: VMSpec) -> dict[str, Any]:
         """The container's network options: none, or the project's own bridge network."""
         if spec.network != "egress":
@@ -484,15 +504,21 @@ class DockerDriver(ClosingDriver):
                 await self._check_disk(vm_id, container)
 
     @staticmethod
-    def _shape(container: Container) -> dict[str, object] | None:
+    def _spec_of(container: Container) -> VMSpec | None:
         try:
-            return VMSpec.model_validate_json((container.labels or {})[LABEL_SPEC]).shape()
+            return VMSpec.model_validate_json((container.labels or {})[LABEL_SPEC])
         except (KeyError, ValueError):
             return None
+
+    @classmethod
+    def _shape(cls, container: Container) -> dict[str, object] | None:
+        spec = cls._spec_of(container)
+        return spec.shape() if spec is not None else None
 
     async def stop_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
             await self._channels.close(vm_id)
+            self._unwatch(vm_id)
             container = await self._container(vm_id)
             if container is None:
                 if await self._volume_spec(vm_id) is None:
@@ -525,6 +551,7 @@ class DockerDriver(ClosingDriver):
     async def destroy_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
             await self._channels.close(vm_id)
+            self._unwatch(vm_id)
             await self._remove(vm_id)
         self._lock.forget(vm_id)
 
@@ -560,6 +587,7 @@ class DockerDriver(ClosingDriver):
             # the commands it started.
             await self._channels.close(vm_id)
             stream = await self._attach_agent(vm_id)
+            await self._watch(vm_id)
             return await self._channels.replace(vm_id, stream)
 
     async def _attach_agent(self, vm_id: str) -> anyio.abc.ByteStream:
@@ -728,8 +756,10 @@ class DockerDriver(ClosingDriver):
             else "the engine does not run on this host's filesystem"
         )
         return (
-            f"guard: {why}; API writes over the limit are refused and no command may grow a "
-            "file past it, but a process can overshoot between two measurements"
+            f"guard: {why}; /workspace is measured at least every 2 seconds and the container's "
+            "writers are killed when it grows past the limit, API writes over it are refused "
+            "and no command may grow a file past it; a process can overshoot by what it writes "
+            "between two measurements"
         )
 
     async def _drop_client(self) -> None:
@@ -739,6 +769,8 @@ class DockerDriver(ClosingDriver):
 
     async def aclose(self) -> None:
         await self._channels.close_all()
+        for vm_id in list(self._watches):
+            self._unwatch(vm_id)
         await self._drop_client()
 
 

@@ -105,20 +105,19 @@ async def test_no_command_writer_or_api_call_takes_the_workspace_past_its_limit(
     ].startswith("fits")
 
 
-@pytest.mark.parametrize("server_backend", ["local"], indirect=True)
+@pytest.mark.parametrize("server_backend", ["local", "docker"], indirect=True)
 async def test_without_a_disk_the_guard_stops_a_detached_writer(
     driver_config: ServerConfig,
 ) -> None:
     """Where no disk image can be mounted (here: workspace_disks off), the driver says so and
     stops a sandbox's writers once the workspace grows past the limit."""
-    options = {**driver_config.drivers.get("local", {}), "workspace_disks": "off"}
-    config = driver_config.model_copy(
-        update={"drivers": {**driver_config.drivers, "local": options}}
-    )
+    name = driver_config.driver
+    options = {**driver_config.drivers.get(name, {}), "workspace_disks": "off"}
+    config = driver_config.model_copy(update={"drivers": {**driver_config.drivers, name: options}})
     handle = build_server(config, transport="memory", agent="alice")
     async with Client(handle.mcp) as client:
         assert handle.state is not None
-        storage = (await handle.state.service.drivers.get("local").probe()).details["storage"]
+        storage = (await handle.state.service.drivers.get(name).probe()).details["storage"]
         assert storage.startswith("guard")
         info = await call(
             client, "create_project", name="guarded", settings={"max_storage_gb": LIMIT_GB}
