@@ -18,6 +18,7 @@ translated to the driver error tree here, at the boundary.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import socket
@@ -72,6 +73,8 @@ from vm_drivers.kit.workspace_disk import GIB, WorkspaceDisk, disk_bytes, disk_s
 __all__ = ["ERROR_TRANSLATIONS", "DockerDriver", "translate_docker_error"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("projectvm.docker")
 
 WORKSPACE = "/workspace"
 AGENT_DIR = "/.projectvm"
@@ -282,9 +285,10 @@ class DockerDriver(ClosingDriver):
             **options,
         )
 
-    async def _mount_disk(self, vm_id: str, spec: VMSpec | None) -> None:
+    async def _mount_disk(self, vm_id: str, spec: VMSpec | None, running: bool) -> None:
         """Before a container starts: its workspace disk mounted (after a reboot too) and as
-        large as the spec asks. A volume made without a disk stays without one."""
+        large as the spec asks (a ``running`` one's grows when it can). A volume made without
+        a disk stays without one."""
         client = await self.client()
         try:
             volume = await self._call(
@@ -305,7 +309,11 @@ class DockerDriver(ClosingDriver):
                 "lost: delete the project and create it again"
             )
         size = disk_bytes(spec.disk_gb) if spec is not None and spec.disk_gb else 0
-        await anyio.to_thread.run_sync(disk.ensure, size, None)
+        # Unmounting to grow is safe: if the engine still holds the disk elsewhere, the disk
+        # sees it attached and does not grow it now.
+        later = await anyio.to_thread.run_sync(lambda: disk.ensure(size, None, in_use=running))
+        if later:
+            log.warning("%s", later)
 
     async def _check_disk(self, vm_id: str, container: Container) -> None:
         """The running container's /workspace must be the disk, not the directory under it (an
@@ -493,7 +501,8 @@ class DockerDriver(ClosingDriver):
                 if spec.network != "egress":
                     await self._remove_network(vm_id)
                 container = None
-            await self._mount_disk(vm_id, spec)
+            running = container is not None and container.status == "running"
+            await self._mount_disk(vm_id, spec, running)
             if container is None:
                 spec = spec or await self._volume_spec(vm_id)
                 if spec is None:

@@ -5,13 +5,20 @@ that size, nothing an agent does takes it past the limit by more than 1%."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
+from guest_runtime.client import GuestClient
 from server.domain.config import ServerConfig
 from server.surfaces.mcp.server import build_server
+from tests.conformance.conftest import spec
 from tests.helpers import call, call_error, eventually
+from vm_drivers.base import DriverContext
+from vm_drivers.kit.workspace_disk import disk_bytes
+from vm_drivers.registry import DriverSet
 
 pytestmark = pytest.mark.anyio
 
@@ -139,3 +146,51 @@ async def test_without_a_disk_the_guard_stops_a_detached_writer(
             await call(client, "write_file", project_id=project_id, path="after.txt", content="ok")
         finally:
             await call(client, "delete_project", project_id=project_id)
+
+
+@pytest.mark.parametrize("server_backend", ["local", "docker"], indirect=True)
+async def test_the_workspace_disk_is_remounted_grown_and_removed_with_its_vm(
+    driver_config: ServerConfig,
+) -> None:
+    drivers = DriverSet(DriverContext.for_data_dir(driver_config.data_dir), driver_config.drivers)
+    driver = drivers.get(driver_config.driver)
+    if not (await driver.probe()).details.get("storage", "").startswith("filesystem"):
+        await drivers.aclose()
+        pytest.skip(f"no workspace disks on {driver_config.driver} here")
+    wanted = spec(disk_gb=0.01)
+    created = await driver.create_project_vm(wanted)
+    image = _disk_image(driver_config, created.vm_id)
+    try:
+        assert image.stat().st_size == disk_bytes(0.01)
+        async with GuestClient(await driver.open_channel(created.vm_id)) as guest:
+            await guest.write_file("kept.txt", b"kept\n")
+            before = await _size_inside(guest)
+        await driver.stop_project_vm(created.vm_id)
+        # A host reboot: nothing is mounted any more.
+        await anyio.run_process(["umount", str(image.parent / created.vm_id)], check=False)
+        await driver.start_project_vm(created.vm_id, wanted.model_copy(update={"disk_gb": 0.03}))
+        async with GuestClient(await driver.open_channel(created.vm_id)) as guest:
+            assert (await guest.read_file("kept.txt")).data == b"kept\n"
+            assert await _size_inside(guest) > before * 2
+        assert image.stat().st_size == disk_bytes(0.03)
+    finally:
+        await driver.destroy_project_vm(created.vm_id)
+        await drivers.aclose()
+    assert not image.exists()
+    attached = await anyio.run_process(["losetup", "-j", str(image)], check=False)
+    assert attached.stdout.strip() == b""
+    assert str(image) not in Path("/proc/self/mountinfo").read_text()
+
+
+def _disk_image(config: ServerConfig, vm_id: str) -> Path:
+    if config.driver == "local":
+        return config.data_dir / "local" / "disks" / f"{vm_id}.ext4"
+    return config.data_dir / "docker" / "disks" / f"{vm_id}.ext4"
+
+
+async def _size_inside(guest: GuestClient) -> int:
+    handle = await guest.start_exec("df -k --output=size /workspace | tail -1")
+    output = b""
+    async for event in handle.events():
+        output += getattr(event, "data", b"")
+    return int(output.strip()) * 1024

@@ -149,17 +149,25 @@ class WorkspaceDisk:
 
     # -- changing it --------------------------------------------------------------------------
 
-    def ensure(self, size: int, owner: tuple[int, int] | None) -> None:
+    def ensure(
+        self, size: int, owner: tuple[int, int] | None, *, in_use: bool = True
+    ) -> str | None:
         """Make the image if it is missing (its root owned by ``owner``, (uid, gid), if not
-        None), mount it at the mount point if it is not, and grow it to ``size`` if smaller."""
+        None), grow it to ``size`` if smaller, and mount it at the mount point if it is not.
+        Growing a mounted disk needs CAP_SYS_RESOURCE, or unmounting it first, which only
+        happens if it is not ``in_use``; returns why it could not grow now, if it could not."""
         with self._locked():
+            later = None
             if not self.exists():
                 self._make(size, owner)
+            elif self.size_bytes() < size:
+                if self._mount() is not None and not in_use and not _can_resize_online():
+                    self._unmount()
+                later = self._grow(size)
             self.mount_point.mkdir(parents=True, exist_ok=True)
             if self._mount() is None:
                 self._mount_image()
-            if self.size_bytes() < size:
-                self._grow(size)
+            return later
 
     def ensure_image(self, size: int, owner: tuple[int, int] | None) -> str | None:
         """Make the image if it is missing and grow it to ``size`` if smaller, without mounting
@@ -201,14 +209,14 @@ class WorkspaceDisk:
 
     def _grow(self, size: int) -> str | None:
         mount = self._mount()
-        if mount is not None:
+        if mount is not None and _can_resize_online():
             os.truncate(self.image, size)
             _run(["losetup", "--set-capacity", mount.source])
             _run(["resize2fs", mount.source])
             return None
-        if self._attached_loop() is not None:
-            # Mounted in another mount namespace (a running sandbox): resize2fs would take it
-            # for unmounted. It grows when it is next free.
+        if mount is not None or self._attached_loop() is not None:
+            # Mounted (here without the right to resize it online, or in another mount
+            # namespace, where resize2fs would take it for unmounted): it grows when free.
             return f"{self.image} is in use; it grows to {size} bytes when its VM next starts"
         os.truncate(self.image, size)
         _run(["e2fsck", "-f", "-p", str(self.image)], ok=(0, 1))
@@ -218,13 +226,16 @@ class WorkspaceDisk:
     def unmount(self) -> None:
         """Unmount the image (and free its loop device); lazily if something still holds it."""
         with self._locked():
-            if self._mount() is None:
-                return
-            try:
-                _run(["umount", str(self.mount_point)])
-            except VMOperationFailed:
-                # A process of the VM is still exiting: detach now, the kernel finishes later.
-                _run(["umount", "--lazy", str(self.mount_point)])
+            self._unmount()
+
+    def _unmount(self) -> None:
+        if self._mount() is None:
+            return
+        try:
+            _run(["umount", str(self.mount_point)])
+        except VMOperationFailed:
+            # A process of the VM is still exiting: detach now, the kernel finishes later.
+            _run(["umount", "--lazy", str(self.mount_point)])
 
     def remove(self) -> None:
         """Unmount and delete the image and the mount point (the workspace is gone)."""
@@ -253,6 +264,18 @@ class WorkspaceDisk:
         with path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+
+def _can_resize_online() -> bool:
+    """Growing a mounted ext4 needs CAP_SYS_RESOURCE (some containers drop it, even for root)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False
 
 
 def _unescape(field: str) -> str:
