@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -61,9 +63,7 @@ class LocalDriver(HostProcessDriver):
         self.cgroups = Cgroups.detect(f"projectvm-{context.instance_id}")
         # What a killed server of this installation left behind (finding 20).
         self.cgroups.reap()
-        self._cgroup_of: dict[str, str] = {}
-        self._networks: dict[str, UserModeNetwork] = {}
-        self._watches: dict[str, StorageWatch] = {}
+        self._running: dict[str, _Running] = {}
 
     def check_usable(self) -> None:
         self._bwrap()
@@ -115,7 +115,7 @@ class LocalDriver(HostProcessDriver):
     # -- the workspace ------------------------------------------------------------------------
 
     async def provision_workspace(self, record: HostVMRecord) -> HostVMRecord:
-        # The sandbox mounts the disk (or binds the directory) and fixes its owner itself.
+        # (The sandbox's stage gives the workspace to the sandbox's uid when it is not yet.)
         new = not self.records.exists(record.vm_id)
         if new and record.disk_gb and await anyio.to_thread.run_sync(self._disks_wanted):
             record = record.model_copy(update={"workspace_disk": True})
@@ -123,7 +123,8 @@ class LocalDriver(HostProcessDriver):
             size = disk_bytes(record.disk_gb or 0)
             disk = self._disk(record.vm_id)
             owner = self.identity.workspace_owner()
-            later = await anyio.to_thread.run_sync(disk.ensure_image, size, owner)
+            in_use = self._channels.current(record.vm_id) is not None
+            later = await anyio.to_thread.run_sync(lambda: disk.ensure(size, owner, in_use=in_use))
             if later:
                 log.warning("%s", later)
         return record
@@ -163,10 +164,6 @@ class LocalDriver(HostProcessDriver):
         staged = {"workspace": workspace, "agent.pyz": agent, "etc": etc}
         if root.tree is not None:
             staged["rootfs"] = root.tree
-        disks: frozenset[str] = frozenset()
-        if record.workspace_disk:
-            staged["workspace"] = self._disk(record.vm_id).image
-            disks = frozenset({"workspace"})
         return SandboxPlan(
             bwrap=self._bwrap(),
             identity=self.identity,
@@ -176,7 +173,9 @@ class LocalDriver(HostProcessDriver):
             egress=record.network == "egress",
             staged=staged,
             etc_names=sorted(files),
-            disks=disks,
+            # Workspace disks (ours, and the docker driver's) are none of this sandbox's business.
+            foreign_mounts=[self.root / "workspaces", self.data_dir / "docker" / "disks"],
+            workspace_disk=record.workspace_disk,
             environment={"PROJECTVM_PROJECT_ID": record.project_id},
             stage=check_stage(self.config.runtime_dir, self.identity)
             if self.identity.privileged
@@ -184,44 +183,62 @@ class LocalDriver(HostProcessDriver):
         )
 
     async def start_agent(self, record: HostVMRecord, agent: Path) -> anyio.abc.ByteStream:
-        plan = await anyio.to_thread.run_sync(
-            self._plan,
-            record,
-            agent,
-            self._sandbox_dir(record.vm_id),
-            self.workspace_dir(record.vm_id),
-        )
-        slirp = find_slirp4netns(self.config.slirp4netns) if plan.egress else None
-        # A cgroup per sandbox (not per VM): another server process sharing this data
-        # directory may run its own sandbox of the same VM, with its own lifetime.
-        group = f"{record.vm_id}.{secrets.token_hex(4)}"
-        self._cgroup_of[record.vm_id] = group
-        procs = self.cgroups.prepare(group, self._limits(record))
-        log_path = self.log_path(record.vm_id)
-        sandbox = await start_sandbox(
-            plan, lambda argv: Cgroups.join_command(procs, argv), log_path, slirp
-        )
-        if sandbox.network is not None:
-            self._networks[record.vm_id] = sandbox.network
+        # Ours from now on: a late close of the sandbox before must not unmount what this one
+        # mounts (see _release).
+        running = _Running(record.vm_id, disk=record.workspace_disk)
+        self._running[record.vm_id] = running
+        try:
+            if record.workspace_disk:
+                size = disk_bytes(record.disk_gb or 0)
+                disk = self._disk(record.vm_id)
+                await anyio.to_thread.run_sync(lambda: disk.ensure(size, None, in_use=False))
+            plan = await anyio.to_thread.run_sync(
+                self._plan,
+                record,
+                agent,
+                self._sandbox_dir(record.vm_id),
+                self.workspace_dir(record.vm_id),
+            )
+            slirp = find_slirp4netns(self.config.slirp4netns) if plan.egress else None
+            # A cgroup per sandbox (not per VM): another server process sharing this data
+            # directory may run its own sandbox of the same VM, with its own lifetime.
+            running.group = f"{record.vm_id}.{secrets.token_hex(4)}"
+            procs = self.cgroups.prepare(running.group, self._limits(record))
+            log_path = self.log_path(record.vm_id)
+            sandbox = await start_sandbox(
+                plan, lambda argv: Cgroups.join_command(procs, argv), log_path, slirp
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release(running)
+            raise
+        running.network = sandbox.network
         if record.disk_gb and not record.workspace_disk:
             # No disk of its own: the limit is guarded instead (see storage_mode).
-            watch = StorageWatch(
+            running.watch = StorageWatch(
                 self.workspace_dir(record.vm_id), int(record.disk_gb * GIB), sandbox.init_pid
             )
-            watch.start()
-            self._watches[record.vm_id] = watch
-        return ProcessSocketStream(sandbox.process, sandbox.channel, lambda: log_tail(log_path))
+            running.watch.start()
+        return _SandboxChannel(
+            sandbox.process, sandbox.channel, lambda: log_tail(log_path), self, running
+        )
 
-    async def released(self, vm_id: str) -> None:
-        watch = self._watches.pop(vm_id, None)
-        if watch is not None:
-            watch.stop()
-        network = self._networks.pop(vm_id, None)
-        if network is not None:
-            await network.aclose()
-        group = self._cgroup_of.pop(vm_id, None)
-        if group is not None:
-            await self.cgroups.release(group)
+    async def _release(self, running: _Running) -> None:
+        """A sandbox has ended: undo what was set up for it (once)."""
+        if running.released:
+            return
+        running.released = True
+        if running.watch is not None:
+            running.watch.stop()
+        if running.network is not None:
+            await running.network.aclose()
+        if running.group is not None:
+            await self.cgroups.release(running.group)
+        if self._running.get(running.vm_id) is running:
+            del self._running[running.vm_id]
+            if running.disk:
+                # Nothing keeps a stopped VM's disk mounted on the host.
+                await anyio.to_thread.run_sync(self._disk(running.vm_id).unmount)
 
     # -- what this host can do ----------------------------------------------------------------
 
@@ -314,6 +331,41 @@ GUARD_LIMITS = (
     "grows past the limit, API writes over it are refused and no command may grow a file past "
     "it; a process can overshoot by what it writes between two measurements"
 )
+
+
+@dataclass
+class _Running:
+    """What one sandbox holds until it ends."""
+
+    vm_id: str
+    disk: bool
+    group: str | None = None
+    network: UserModeNetwork | None = None
+    watch: StorageWatch | None = None
+    released: bool = False
+
+
+class _SandboxChannel(ProcessSocketStream):
+    """The agent's channel; closing it ends the sandbox and releases what it held."""
+
+    def __init__(
+        self,
+        process: anyio.abc.Process,
+        channel: anyio.abc.ByteStream,
+        why: Callable[[], str],
+        driver: LocalDriver,
+        running: _Running,
+    ) -> None:
+        super().__init__(process, channel, why)
+        self._driver = driver
+        self._running = running
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._driver._release(self._running)
 
 
 _: type[VMDriver] = LocalDriver

@@ -22,7 +22,7 @@ from guest_runtime.client import GuestClient
 from server.domain.config import ServerConfig
 from server.surfaces.mcp.server import build_server
 from tests.conformance.conftest import spec
-from tests.helpers import call
+from tests.helpers import call, outside_address
 from vm_drivers.base import DriverContext
 from vm_drivers.cgroups import Cgroups
 from vm_drivers.local import LocalDriver
@@ -151,20 +151,6 @@ async def test_a_command_cannot_forge_another_commands_result_through_the_channe
         await drivers.aclose()
 
 
-def _outside_address() -> str:
-    """A non-loopback IPv4 address of this host (a listener there is "outside" a sandbox)."""
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 is not installed here, so no host address can be found")
-    import subprocess
-
-    text = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
-    for line in text.stdout.splitlines():
-        address = line.split()[3].split("/")[0]
-        if not address.startswith("127."):
-            return address
-    pytest.skip("this host has no non-loopback IPv4 address to reach")
-
-
 @pytest.fixture
 def host_listeners() -> Iterator[dict[str, str]]:
     """Listening sockets on the host: its loopback, an abstract unix name, an outside address."""
@@ -179,14 +165,16 @@ def host_listeners() -> Iterator[dict[str, str]]:
 
     try:
         loopback = listen(socket.AF_INET, ("127.0.0.1", 0)).getsockname()[1]
-        outside_address = _outside_address()
-        outside = listen(socket.AF_INET, (outside_address, 0)).getsockname()[1]
+        address = outside_address()
+        if address is None:
+            pytest.skip("this host has no non-loopback IPv4 address (or no iproute2) to reach")
+        outside = listen(socket.AF_INET, (address, 0)).getsockname()[1]
         abstract = f"projectvm-test-{secrets.token_hex(6)}"
         listen(socket.AF_UNIX, f"\0{abstract}")
         yield {
             "loopback": f"127.0.0.1 {loopback}",
             "through the gateway": f"10.0.2.2 {loopback}",
-            "outside": f"{outside_address} {outside}",
+            "outside": f"{address} {outside}",
             "abstract": abstract,
         }
     finally:

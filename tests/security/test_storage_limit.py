@@ -17,8 +17,12 @@ from server.surfaces.mcp.server import build_server
 from tests.conformance.conftest import spec
 from tests.helpers import call, call_error, eventually
 from vm_drivers.base import DriverContext
+from vm_drivers.errors import VMOperationFailed
+from vm_drivers.host_process import HostVMRecord
 from vm_drivers.kit.workspace_disk import disk_bytes
+from vm_drivers.local import LocalDriver
 from vm_drivers.registry import DriverSet
+from vm_drivers.sandbox.launch import start_sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -194,3 +198,39 @@ async def _size_inside(guest: GuestClient) -> int:
     async for event in handle.events():
         output += getattr(event, "data", b"")
     return int(output.strip()) * 1024
+
+
+@pytest.mark.parametrize("server_backend", ["local"], indirect=True)
+async def test_a_sandbox_never_starts_on_a_workspace_disk_that_is_not_mounted(
+    driver_config: ServerConfig,
+) -> None:
+    """The last line of defence: were the disk not mounted, the sandbox would write to the
+    host's disk without a limit; it refuses to start instead."""
+    drivers = DriverSet(DriverContext.for_data_dir(driver_config.data_dir), driver_config.drivers)
+    driver = drivers.get("local")
+    assert isinstance(driver, LocalDriver)
+    if not driver.identity.privileged:
+        await drivers.aclose()
+        pytest.skip("only a root server stages sandboxes and has workspace disks")
+    try:
+        workspace = driver_config.data_dir / "unmounted"
+        workspace.mkdir()
+        agent = driver_config.data_dir / "agent.pyz"
+        agent.write_text("")
+        record = HostVMRecord.model_validate(
+            {
+                "vm_id": "pvm-unmounted",
+                "project_id": "unmounted",
+                "name": "unmounted",
+                "state": "running",
+                "network": "none",
+                "created_at": "2020-01-01T00:00:00Z",
+                "labels": {},
+                "workspace_disk": True,
+            }
+        )
+        plan = driver._plan(record, agent, driver_config.data_dir / "state", workspace)
+        with pytest.raises(VMOperationFailed, match="workspace disk is not mounted"):
+            await start_sandbox(plan, lambda argv: argv, driver_config.data_dir / "log", None)
+    finally:
+        await drivers.aclose()

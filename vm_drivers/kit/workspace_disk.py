@@ -1,12 +1,11 @@
 """A workspace that is a filesystem of its own: a sparse ext4 image, loop-mounted.
 
 Where the server can mount (root, loop devices, e2fsprogs), a project's workspace is an image
-file sized by ``VMSpec.disk_gb``, either mounted here where the driver wants it (the directory
-a docker volume binds: ``ensure``) or only made ready for a sandbox that mounts it in a mount
-namespace of its own (the local driver: ``ensure_image``). The kernel then refuses a write past
+file sized by ``VMSpec.disk_gb``, mounted where the driver wants it (the local sandbox's
+workspace directory; the directory a docker volume binds). The kernel then refuses a write past
 the size with "No space left on device", whoever writes: a command, a detached process or the
 guest agent. An image is made once, mounted again after a reboot, grown when the setting grows
-(online while mounted here; else while no one has it attached), and deleted with its VM.
+(online where the server may, else while nothing uses it), and deleted with its VM.
 
 Every function here blocks (it runs ``mount``, ``mkfs.ext4``, ``resize2fs``): call them in a
 worker thread. A lock file next to the image serialises two servers sharing a data directory.
@@ -21,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ SETUP_HINT = (
     "(apt-get install e2fsprogs mount)"
 )
 COMMAND_TIMEOUT_S = 120
+DETACH_WAIT_S = 10.0
 
 
 def disk_bytes(disk_gb: float) -> int:
@@ -149,35 +150,38 @@ class WorkspaceDisk:
 
     # -- changing it --------------------------------------------------------------------------
 
-    def ensure(
-        self, size: int, owner: tuple[int, int] | None, *, in_use: bool = True
-    ) -> str | None:
+    def prepare(self, size: int, owner: tuple[int, int] | None) -> str | None:
         """Make the image if it is missing (its root owned by ``owner``, (uid, gid), if not
-        None), grow it to ``size`` if smaller, and mount it at the mount point if it is not.
-        Growing a mounted disk needs CAP_SYS_RESOURCE, or unmounting it first, which only
-        happens if it is not ``in_use``; returns why it could not grow now, if it could not."""
-        with self._locked():
-            later = None
-            if not self.exists():
-                self._make(size, owner)
-            elif self.size_bytes() < size:
-                if self._mount() is not None and not in_use and not _can_resize_online():
-                    self._unmount()
-                later = self._grow(size)
-            self.mount_point.mkdir(parents=True, exist_ok=True)
-            if self._mount() is None:
-                self._mount_image()
-            return later
-
-    def ensure_image(self, size: int, owner: tuple[int, int] | None) -> str | None:
-        """Make the image if it is missing and grow it to ``size`` if smaller, without mounting
-        it here (a sandbox mounts it); returns why it could not grow now, if it could not."""
+        None) and grow it to ``size`` if smaller, without mounting it; returns why it could
+        not grow now, if it could not (it is in use)."""
         with self._locked():
             if not self.exists():
                 self._make(size, owner)
             elif self.size_bytes() < size:
                 return self._grow(size)
         return None
+
+    def ensure(
+        self, size: int, owner: tuple[int, int] | None, *, in_use: bool = True
+    ) -> str | None:
+        """``prepare``, then mount the image at the mount point if it is not. Growing a mounted
+        disk needs CAP_SYS_RESOURCE, or unmounting it first, which only happens if it is not
+        ``in_use``; returns why it could not grow now, if it could not."""
+        with self._locked():
+            if (
+                self.exists()
+                and self.size_bytes() < size
+                and not in_use
+                and not _can_resize_online()
+            ):
+                self._unmount()
+                self._wait_detached()
+        later = self.prepare(size, owner)
+        with self._locked():
+            self.mount_point.mkdir(parents=True, exist_ok=True)
+            if self._mount() is None:
+                self._mount_image()
+        return later
 
     def _make(self, size: int, owner: tuple[int, int] | None) -> None:
         self.image.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +240,13 @@ class WorkspaceDisk:
         except VMOperationFailed:
             # A process of the VM is still exiting: detach now, the kernel finishes later.
             _run(["umount", "--lazy", str(self.mount_point)])
+
+    def _wait_detached(self) -> None:
+        """Give other users of the disk a moment to let go (an engine cleans a stopped
+        container's volume mounts up after the stop returns); bounded, in a worker thread."""
+        deadline = time.monotonic() + DETACH_WAIT_S
+        while self._attached_loop() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def remove(self) -> None:
         """Unmount and delete the image and the mount point (the workspace is gone)."""

@@ -7,11 +7,11 @@ every command start with their final identity and network.
 
 As root, bubblewrap itself runs as the sandbox range's first uid, in a private mount namespace
 prepared by a small root shell: the "stage", a tmpfs at a directory anyone may traverse, where
-the agent, the sandbox's /etc files and the image tree are bind-mounted, because an
-unprivileged uid may not be able to reach them where they live (the data directory is usually
-private), and where the workspace disk image is loop-mounted (or its directory bound) and given
-to the sandbox's uid if it is not yet. The mounts exist only in that namespace and vanish with
-the sandbox: the host never has a workspace disk mounted that a sandbox could pin.
+the workspace, the agent, the sandbox's /etc files and the image tree are bind-mounted, because
+an unprivileged uid may not be able to reach them where they live (the data directory is usually
+private); the workspace is given to the sandbox's uid if it is not yet. The namespace's copies
+of other workspaces' disk mounts are dropped, so a running sandbox never keeps another
+project's deleted disk alive. The stage's mounts vanish with the sandbox.
 
 The channel to the agent is a socket the agent gets on a descriptor of its own, never the stdio
 of bubblewrap's init (pid 1 of the sandbox), which commands could otherwise open through
@@ -20,6 +20,7 @@ of bubblewrap's init (pid 1 of the sandbox), which commands could otherwise open
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -42,21 +43,28 @@ __all__ = ["Sandbox", "SandboxPlan", "check_stage", "start_sandbox"]
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SETUP_TIMEOUT_S = 60.0
-# Mounts the stage (a tmpfs), puts each KIND SOURCE NAME triple in it (a disk image mounted, a
-# directory or file bound), gives the workspace to OWNER if it is someone else's, then runs the
-# rest.
+# Refuses a workspace DISK directory that has nothing mounted on it (writes would go to the
+# host's disk, unbounded); mounts the stage (a tmpfs) and binds each SOURCE NAME pair into it;
+# then, for each DIRECTORY after "--", drops this namespace's copies of the mounts under it;
+# gives the workspace to OWNER if it is someone else's; then runs the rest, after a second "--".
 STAGE_SCRIPT = """set -e
-stage=$1; owner=$2; shift 2
+stage=$1; owner=$2; disk=$3; shift 3
+if [ -n "$disk" ] && [ "$(stat -c %d "$disk")" = "$(stat -c %d "$disk/..")" ]; then
+  echo "projectvm: the workspace disk is not mounted at $disk" >&2
+  exit 1
+fi
 mount -t tmpfs -o mode=0711,size=1m projectvm-stage "$stage"
 while [ "$1" != "--" ]; do
-  kind=$1; source=$2; name=$3; shift 3
-  if [ "$kind" = disk ]; then
-    mkdir "$stage/$name"
-    mount -t ext4 -o loop,nosuid,nodev,noatime "$source" "$stage/$name"
-  else
-    if [ -d "$source" ]; then mkdir "$stage/$name"; else : > "$stage/$name"; fi
-    mount --bind "$source" "$stage/$name"
-  fi
+  if [ -d "$1" ]; then mkdir "$stage/$2"; else : > "$stage/$2"; fi
+  mount --bind "$1" "$stage/$2"
+  shift 2
+done
+shift
+while [ "$1" != "--" ]; do
+  while read -r _ _ _ _ point _; do
+    case "$point" in "$1"/*) umount --lazy "$point" 2>/dev/null || true ;; esac
+  done < /proc/self/mountinfo
+  shift
 done
 shift
 if [ "$(stat -c %u:%g "$stage/workspace")" != "$owner" ]; then
@@ -89,7 +97,8 @@ class SandboxPlan:
     egress: bool
     staged: dict[str, Path]  # "workspace", "agent.pyz", "etc", "rootfs" -> host path
     etc_names: list[str]
-    disks: frozenset[str] = frozenset()  # staged names that are disk images (as root)
+    foreign_mounts: list[Path] = field(default_factory=list)  # directories of others' disks
+    workspace_disk: bool = False  # the staged workspace must be a mount point
     environment: dict[str, str] = field(default_factory=dict)
     stage: Path | None = None  # as root: where the stage tmpfs is mounted
     program: list[str] | None = None  # instead of the agent (a trial run)
@@ -132,9 +141,12 @@ class SandboxPlan:
         if self.egress:
             launcher.append("--net")
         owner = "{}:{}".format(*self.identity.workspace_owner())
-        launcher += ["--", "/bin/sh", "-c", STAGE_SCRIPT, "projectvm-stage", str(self.stage), owner]
+        disk = str(self.staged["workspace"]) if self.workspace_disk else ""
+        launcher += ["--", "/bin/sh", "-c", STAGE_SCRIPT, "projectvm-stage", str(self.stage)]
+        launcher += [owner, disk]
         for name, source in self.staged.items():
-            launcher += ["disk" if name in self.disks else "bind", str(source), name]
+            launcher += [str(source), name]
+        launcher += ["--", *(str(directory) for directory in self.foreign_mounts)]
         return [*launcher, "--", *self.identity.drop_to(), *bwrap]
 
 
@@ -240,7 +252,9 @@ async def start_sandbox(
             from_agent.close()
             if network is not None:
                 await network.aclose()
-            process.kill()
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
             await process.wait()
         raise
     finally:
