@@ -18,6 +18,7 @@ sandbox bounds its processes, memory and CPU, and goes when the sandbox ends.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Callable
@@ -48,6 +49,7 @@ log = logging.getLogger("projectvm.local")
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)"
 IMAGE_MARKER = Path("etc") / "projectvm-image"
+TUN = "/dev/net/tun"
 ROOT_TOOLS = ("setpriv", "unshare", "mount")
 
 
@@ -277,6 +279,11 @@ class LocalDriver(HostProcessDriver):
                 f"egress in a network namespace of its own via {slirp} (the host's loopback "
                 "is unreachable)"
             )
+            if not self.identity.privileged and not os.access(TUN, os.R_OK | os.W_OK):
+                network = (
+                    f"egress unavailable: {TUN} is not open to uid {os.geteuid()} (slirp4netns "
+                    f"needs it without root: chmod 0666 {TUN}, as most distributions ship it)"
+                )
         except DriverUnavailable:
             network = f"egress unavailable: slirp4netns not found ({SLIRP_HINT})"
         return Availability(

@@ -7,14 +7,18 @@ image's Debian tree.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -292,3 +296,83 @@ def _ancestors_in_sandbox(pid: int) -> list[int]:
             parent = int(_status(pid, "PPid"))
             if os.path.basename((_cmdline(parent) or [""])[0]) != "bwrap":
                 return found
+
+
+UNPRIVILEGED_SERVER = r"""
+import json, sys, anyio
+from pathlib import Path
+from guest_runtime.client import GuestClient
+from vm_drivers.base import DriverContext, VMSpec
+from vm_drivers.registry import DriverSet
+
+async def main():
+    drivers = DriverSet(DriverContext.for_data_dir(Path(sys.argv[1])))
+    driver = drivers.get("local")
+    report = {"probe": (await driver.probe()).model_dump()}
+    created = await driver.create_project_vm(VMSpec(project_id="prj_unprivileged", name="u"))
+    try:
+        async with GuestClient(await driver.open_channel(created.vm_id)) as guest:
+            handle = await guest.start_exec("id -u; cat /etc/shadow; ls /var/tmp")
+            out = b""
+            async for event in handle.events():
+                out += getattr(event, "data", b"")
+            report["inside"] = out.decode()
+    finally:
+        await driver.destroy_project_vm(created.vm_id)
+        await drivers.aclose()
+    print(json.dumps(report))
+
+anyio.run(main)
+"""
+
+
+def _interpreter_for(uid: int) -> tuple[list[str], dict[str, str]] | None:
+    """A python3 (and PYTHONPATH) that ``uid`` can run this checkout with, or None."""
+    import sys
+    import sysconfig
+
+    repo = Path(__file__).resolve().parents[2]
+    site = sysconfig.get_paths()["purelib"]
+    env = {"PYTHONPATH": f"{repo}:{site}", "HOME": "/tmp", "PATH": "/usr/bin:/bin"}
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", candidate, "-c",
+             "import sys, anyio, pydantic; print(sys.version_info[:2])"],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        if probe.returncode == 0 and probe.stdout.strip() == str(sys.version_info[:2]):
+            return [candidate], env
+    return None
+
+
+async def test_an_unprivileged_server_keeps_a_single_uid_sandbox_and_says_so(
+    requires_bwrap: None, host_markers: dict[Path, str]
+) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("running a server as another user needs root and setpriv here")
+    uid = 65534
+    found = _interpreter_for(uid)
+    if found is None:
+        pytest.skip(f"no python3 here that uid {uid} can run this checkout with")
+    command, env = found
+    # Where that user can reach it (pytest's own temporary directories are root's alone).
+    data_dir = Path(tempfile.mkdtemp(prefix="projectvm-unprivileged-"))
+    try:
+        os.chown(data_dir, uid, uid)
+        done = await anyio.run_process(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command, "-c",
+             UNPRIVILEGED_SERVER, str(data_dir)],
+            env=env, check=False, cwd="/tmp",
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    report = json.loads(done.stdout)
+    details = report["probe"]["details"]
+    assert report["probe"]["usable"], report["probe"]
+    assert details["identity"].startswith("single uid"), details
+    assert "guard" in details["storage"], details
+    lines = report["inside"].splitlines()
+    assert lines[0] == str(uid)
+    assert not any("host secret" in line or line.startswith("root:") for line in lines)
+    assert not any(marker.name in report["inside"] for marker in host_markers)

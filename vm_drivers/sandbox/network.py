@@ -7,8 +7,10 @@ ProjectVM's own port and every service bound to 127.0.0.1 stay out of reach, and
 host's abstract unix sockets (they belong to a network namespace). Inside, the sandbox is
 10.0.2.100 with the gateway 10.0.2.2 and a resolver at 10.0.2.3.
 
-slirp4netns runs in a sandbox of its own (``--enable-sandbox``, ``--enable-seccomp``), ends
-when its sandbox does, and with the server (``--exit-fd``: a pipe only the server holds).
+slirp4netns runs under a seccomp filter (and, started by root, in a sandbox of its own without
+capabilities), ends when its sandbox does, and with the server (``--exit-fd``: a pipe only the
+server holds). Without root it needs /dev/net/tun open to the server's user (mode 0666, as most
+distributions ship it).
 """
 
 from __future__ import annotations
@@ -81,13 +83,16 @@ class UserModeNetwork:
             "--configure",
             "--mtu=65520",
             "--disable-host-loopback",
-            "--enable-sandbox",
             "--enable-seccomp",
             f"--ready-fd={ready_write}",
             f"--exit-fd={exit_read}",
             "--netns-type=path",
         ]
-        if userns is not None:
+        if userns is None:
+            # As root it drops its capabilities in a mount namespace of its own. (Not as a
+            # user: it would have to be root in the sandbox's user namespace to do that.)
+            argv.append("--enable-sandbox")
+        else:
             argv.append(f"--userns-path={userns}")
         argv += [netns, "tap0"]
         try:
