@@ -104,7 +104,13 @@ async def test_the_host_sees_the_sandbox_processes_under_an_unprivileged_uid(
 ) -> None:
     client, project_id, driver = local_owner
     seconds = f"1000.{secrets.randbelow(10**6)}"
-    await run(client, project_id, f"nohup sleep {seconds} >/dev/null 2>&1 &")
+    # Returns once the detached sleep has replaced its forked shell (a real round trip).
+    await run(
+        client,
+        project_id,
+        f"nohup sleep {seconds} >/dev/null 2>&1 & "
+        'until [ "$(cat /proc/$!/comm 2>/dev/null)" = sleep ]; do :; done',
+    )
     [sleeper] = [pid for pid in _pids() if _cmdline(pid) == ["sleep", seconds]]
     bubblewrap = _ancestors_in_sandbox(sleeper)
     sandbox = [sleeper, *bubblewrap, *_children(bubblewrap[0])]  # the agent is init's child

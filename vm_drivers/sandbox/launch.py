@@ -73,15 +73,14 @@ fi
 exec "$@"
 """
 # Inside the sandbox: the channel's two sockets become the agent's stdin and stdout and the log
-# its stderr, then the agent (a zip application) runs in this same process. (A shell cannot:
-# dash only knows fds 0-9.) One socket per direction: asyncio takes a readable "pipe" it
-# writes to for a hang-up.
+# its stderr, then the agent runs as `python3 /.projectvm/agent.pyz ...`. (A shell cannot do the
+# first part: dash only knows fds 0-9.) One socket per direction: asyncio takes a readable
+# "pipe" it writes to for a hang-up.
 CHANNEL_SHIM = (
-    "import os, runpy, sys\n"
+    "import os, sys\n"
     "for target, fd in zip((0, 1, 2), map(int, sys.argv[1:4])):\n"
     "    os.dup2(fd, target); os.close(fd)\n"
-    "sys.argv = sys.argv[4:]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[4:]])\n"
 )
 
 
@@ -128,7 +127,7 @@ class SandboxPlan:
             bwrap += ["--", *self.program]
         else:
             fds = [str(fd) for fd in agent_fds]
-            bwrap += ["--", self.python, "-I", "-c", CHANNEL_SHIM, *fds, AGENT_PATH]
+            bwrap += ["--", self.python, "-I", "-S", "-c", CHANNEL_SHIM, *fds, AGENT_PATH]
             bwrap += ["--root", WORKSPACE, *self.identity.agent_args()]
         if not self.identity.privileged:
             if self.egress:

@@ -183,6 +183,8 @@ class SandboxRoot:
             args += ["--dir", "/var"]
         args += ["--perms", "1777", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
         args += ["--bind", reach("workspace"), WORKSPACE]
+        # The agent's code: readable by everyone (it is no secret), writable by no one.
+        args += ["--perms", "0755", "--dir", os.path.dirname(AGENT_PATH)]
         args += ["--ro-bind", reach("agent.pyz"), AGENT_PATH]
         return args
 
