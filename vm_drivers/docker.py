@@ -323,6 +323,8 @@ class DockerDriver(ClosingDriver):
             return
         await self._call(f"inspecting {vm_id}", container.reload)
         pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            return  # it is not running (it exited at once): nothing can write, starting fails
         want = (await anyio.Path(disk.mount_point).stat()).st_dev
         seen = await anyio.to_thread.run_sync(_workspace_device, pid)
         if seen != f"{os.major(want)}:{os.minor(want)}":

@@ -1,9 +1,10 @@
 """What the ``process`` and ``local`` drivers share: the guest agent runs on this host.
 
-A VM is a record file and a workspace directory under the driver's root; while it runs, its
-channel is the agent process's stdio, so the agent lives exactly as long as its channel and a
+A VM is a record file and a workspace directory under the driver's root; while it runs, the
+agent lives exactly as long as its channel (by default the agent process's stdio), and a
 stopped VM has no process at all. Subclasses say how the agent is started (plainly, or inside
-a sandbox) and what they prepare around it.
+a sandbox, on descriptors of its own) and what they prepare around it (``provision_workspace``:
+a disk image, say).
 """
 
 from __future__ import annotations
