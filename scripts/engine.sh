@@ -77,6 +77,6 @@ ensure_runtime_image() {
         apt_install debootstrap
         log "building the project runtime image (Debian packages, no registry)"
         "$ROOT/.venv/bin/projectvm" --data-dir "$ROOT/.venv/image-build" image build \
-            --work-dir /var/tmp/projectvm-image-build | grep --line-buffered -E "^(building|installing|packing|importing|imported|done|debootstrap)" || return 1
+            --for docker | grep --line-buffered -E "^(building|installing|packing|importing|imported|done|debootstrap|reusing)" || return 1
     fi
 }

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import tomli_w
 from mcp import Client
 
 from server.domain.config import ServerConfig
@@ -80,7 +81,22 @@ async def driver_config(
             await drivers.aclose()
         if not availability.usable:
             pytest.skip(f"driver {server_backend.id} is not usable here: {availability.reason}")
+        # Server processes the test starts on this data directory see the same options.
+        write_driver_options(config.data_dir, config.drivers)
         yield config
+
+
+def write_driver_options(data_dir: Path, options: dict[str, dict[str, object]]) -> None:
+    """``config.toml`` with per-driver options (what a test's server processes read)."""
+
+    def without_nulls(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        return value
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    document = {"drivers": without_nulls(options)}
+    (data_dir / "config.toml").write_text(tomli_w.dumps(document))  # type: ignore[arg-type]
 
 
 def requires_isolation(config: ServerConfig) -> None:
@@ -131,7 +147,7 @@ async def alice_projects(
 
 # Every test outside tests/unit needs a real backend (a sandbox, an engine, a subprocess);
 # the tiers are marked here so `-m "not integration"` runs the fast ones anywhere.
-INTEGRATION_TIERS = {"conformance", "docker", "guest", "lifecycle", "mcp", "security"}
+INTEGRATION_TIERS = {"conformance", "docker", "guest", "lifecycle", "mcp", "rest", "security"}
 SLOW_TESTS = {"test_soak.py", "test_crash_recovery.py", "test_paging.py"}
 
 

@@ -34,16 +34,32 @@ def server_argv(data_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "server.cli", "--data-dir", str(data_dir), *args]
 
 
+def with_open_file_limit(argv: list[str], soft: int, hard: int) -> list[str]:
+    """``argv`` run with its open-file limit (``ulimit -n``) set to ``soft`` and ``hard``."""
+    code = (
+        "import os, resource, sys; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+        "os.execv(sys.argv[3], sys.argv[3:])"
+    )
+    return [sys.executable, "-c", code, str(soft), str(hard), *argv]
+
+
 @asynccontextmanager
 async def serve_process(
-    data_dir: Path, *, driver: str = "local", cwd: Path | None = None
+    data_dir: Path,
+    *,
+    driver: str = "local",
+    cwd: Path | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> AsyncIterator[tuple[Process, str]]:
     """`projectvm serve --http` as a real process on a free port; yields it and its MCP URL.
 
-    Stopped (SIGTERM, then SIGKILL) when the block ends, unless the test killed it already.
+    ``open_files`` (soft, hard) starts it under that open-file limit. Stopped (SIGTERM, then
+    SIGKILL) when the block ends, unless the test killed it already.
     """
+    argv = server_argv(data_dir, "serve", "--http", "--port", "0", "--driver", driver)
     process = await anyio.open_process(
-        server_argv(data_dir, "serve", "--http", "--port", "0", "--driver", driver),
+        with_open_file_limit(argv, *open_files) if open_files else argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=str(cwd) if cwd else None,

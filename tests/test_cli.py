@@ -131,3 +131,18 @@ async def test_every_start_up_failure_is_one_clear_line(data_dir: Path) -> None:
         line = await serve_fails(data_dir, "--http", "--port", port, "--driver", "process")
     assert f"127.0.0.1:{port}" in line
     assert "--port" in line
+
+
+async def test_production_without_fly_settings_says_what_to_set(data_dir: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLY_")}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "server.cli", "--data-dir", str(data_dir), "serve"],
+        check=False,
+        env={**clean, "VM_SERVICE": "production"},
+        stdin=subprocess.DEVNULL,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "FLY_API_TOKEN" in err
+    assert "FLY_APP_NAME" in err
+    assert "Traceback" not in err

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 
-from guest_runtime.image.artifacts import build_vm_artifacts
-from guest_runtime.image.rootfs import build_rootfs
+from guest_runtime.image.artifacts import current_artifacts
+from guest_runtime.image.builder import VMImage, build_image, tree_is_current, tree_path
 
 TEMPLATE = "minimal"  # python3 and coreutils are all the tests need
 
@@ -24,9 +24,11 @@ def _why_not(tree_ready: bool) -> str | None:
 
 
 def ensure_test_tree(cache: Path) -> Path:
-    """The Debian tree in ``cache`` (the local sandbox's image root), built if missing."""
-    tree = cache / f"rootfs-{TEMPLATE}"
-    if (tree / "etc" / "projectvm-image").is_file():
+    """The Debian tree in ``cache`` (the local sandbox's image root), built if missing, where
+    `projectvm image build --template minimal` keeps it."""
+    data_dir = cache / "data"
+    tree = tree_path(data_dir, TEMPLATE)
+    if tree_is_current(tree, TEMPLATE):
         return tree
     if os.geteuid() != 0 or shutil.which("debootstrap") is None:
         raise RuntimeError(
@@ -35,29 +37,25 @@ def ensure_test_tree(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (tree / "etc" / "projectvm-image").is_file():
-            building = cache / f"rootfs-{TEMPLATE}.building"
-            anyio.run(build_rootfs, building, TEMPLATE)
-            building.rename(tree)
+        if not tree_is_current(tree, TEMPLATE):
+            anyio.run(build_image, data_dir, TEMPLATE, [])
     return tree
 
 
 def ensure_test_images(cache: Path) -> Path:
     """The artifacts directory in ``cache``, built if missing (serialised across processes)."""
     cache.mkdir(parents=True, exist_ok=True)
-    tree = cache / f"rootfs-{TEMPLATE}"
-    reason = _why_not((tree / "etc" / "projectvm-image").is_file())
+    data_dir = cache / "data"
+    tree = tree_path(data_dir, TEMPLATE)
+    reason = _why_not(tree_is_current(tree, TEMPLATE))
     if reason:
         raise RuntimeError(reason)
     with (cache / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
 
         async def build() -> Path:
-            if not (tree / "etc" / "projectvm-image").is_file():
-                building = cache / f"rootfs-{TEMPLATE}.building"
-                await build_rootfs(building, TEMPLATE)
-                building.rename(tree)
-            artifacts = await build_vm_artifacts(cache / "data", tree)
-            return artifacts.directory
+            # The product's own path: `projectvm image build --template minimal --for vm`.
+            await build_image(data_dir, TEMPLATE, [VMImage(data_dir)])
+            return current_artifacts(data_dir).directory
 
         return anyio.run(build)

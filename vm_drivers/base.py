@@ -24,6 +24,7 @@ __all__ = [
     "LABEL_VM",
     "Availability",
     "DriverContext",
+    "SupportsSuspend",
     "VMCreationResult",
     "VMDriver",
     "VMInfo",
@@ -104,6 +105,11 @@ class Availability(BaseModel):
     usable: bool
     reason: str
     details: dict[str, str] = Field(default_factory=dict)
+    automatic: bool = Field(
+        default=True,
+        description="whether the automatic choice may pick it (a slow or unisolated driver is "
+        "used only when asked for by name)",
+    )
 
 
 class DriverContext(BaseModel):
@@ -141,6 +147,45 @@ class DriverContext(BaseModel):
     def labels(self, project_id: str, vm_id: str) -> dict[str, str]:
         """The labels every resource of a VM carries."""
         return {LABEL_PROJECT: project_id, LABEL_VM: vm_id, LABEL_INSTANCE: self.instance_id}
+
+
+class Billing(BaseModel):
+    """What a VM is billed as by a metered backend (the fly driver), for cost tracking."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: str = Field(description="whose price table applies, e.g. 'fly'")
+    guest: str = Field(description="the size's name in that table, e.g. 'shared-cpu-1x'")
+    cpus: int
+    memory_mb: int
+    volume_gb: float = Field(description="the persistent workspace volume's provisioned size")
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """A driver whose VMs cost money by the second (the fly driver)."""
+
+    def billing(self, spec: VMSpec) -> Billing:
+        """How a VM made from ``spec`` is billed."""
+        ...
+
+
+@runtime_checkable
+class SupportsSuspend(Protocol):
+    """A driver that can put a VM to sleep with its memory (a snapshot to disk): processes in
+    the VM carry on after ``start_project_vm`` (or ``resume_project_vm``) wakes it."""
+
+    async def suspend_project_vm(self, vm_id: str) -> None:
+        """Save the running VM, memory included, and end its VMM; the workspace stays."""
+        ...
+
+    async def resume_project_vm(self, vm_id: str) -> None:
+        """Bring a suspended VM back where it was."""
+        ...
+
+    def suspended_bytes(self, vm_id: str) -> int:
+        """Bytes the VM's saved state takes on disk (0 when it has none)."""
+        ...
 
 
 @runtime_checkable

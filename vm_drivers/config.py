@@ -484,7 +484,11 @@ class FlyDriverConfig(_Config):
         "pin it by digest in production",
     )
     app_prefix: str = Field(
-        default="pvm-", description="prefix of app names; the instance id follows it"
+        default_factory=lambda: (
+            f"{os.environ['FLY_APP_NAME']}-" if os.environ.get("FLY_APP_NAME") else "pvm-"
+        ),
+        description="prefix of app names (the instance id and project follow it); default "
+        "FLY_APP_NAME followed by '-', else 'pvm-'",
     )
     cpu_kind: Literal["shared", "performance"] = Field(
         default="shared", description="Fly CPU class of project Machines"

@@ -58,6 +58,7 @@ class ProcessDriver(HostProcessDriver):
             usable=True,
             reason=f"runs the guest agent as a plain process; {NO_ISOLATION}",
             details={"python": python, "isolation": "none"},
+            automatic=False,
         )
 
 

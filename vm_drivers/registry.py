@@ -1,8 +1,9 @@
 """Driver lookup by name, lazy construction, and the platform's automatic choice.
 
 Automatic choice follows the seed's ``UnifiedVMService``: ``VM_SERVICE=production`` means fly;
-on Linux firecracker if usable, else docker if an engine answers, else local; on macOS lima if
-installed, else docker; elsewhere docker.
+on Linux firecracker if it boots guests here, else qemu if KVM works, else docker if an engine
+answers, else local (qemu under emulation and the unisolated process driver are used only when
+asked for by name); on macOS lima if installed, else docker; elsewhere docker.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def platform_preference(system: str | None = None, environment: str | None = Non
         return [environment]
     system = system or platform.system()
     if system == "Linux":
-        return ["firecracker", "docker", "local"]
+        return ["firecracker", "qemu", "docker", "local"]
     if system == "Darwin":
         return ["lima", "docker"]
     return ["docker"]
@@ -116,6 +117,8 @@ class DriverSet:
             environment = os.environ.get("VM_SERVICE") or None
         if requested != "auto":
             return await self._usable(requested, f"--driver {requested}")
+        if environment == "production":
+            self._check_production()
         if environment:
             preference = platform_preference(environment=environment)
             if len(preference) == 1:
@@ -123,7 +126,7 @@ class DriverSet:
         reasons = []
         for name in platform_preference():
             availability = await self.probe(name)
-            if availability.usable:
+            if availability.usable and availability.automatic:
                 return name
             reasons.append(f"{name}: {availability.reason}")
         raise DriverUnavailable(
@@ -131,6 +134,33 @@ class DriverSet:
             "no usable VM driver on this machine (" + "; ".join(reasons) + ")",
             "run `projectvm doctor` for details, or pick one with --driver",
         )
+
+    def _check_production(self) -> None:
+        """Production (Fly) needs a token and an app name, set where the seed said."""
+        fly = self._options.get("fly", {})
+        missing = [
+            hint
+            for name, option, hint in (
+                (
+                    "FLY_API_TOKEN",
+                    "api_token",
+                    "FLY_API_TOKEN (an org token: fly tokens create org)",
+                ),
+                (
+                    "FLY_APP_NAME",
+                    "app_prefix",
+                    "FLY_APP_NAME (the name your project apps begin with)",
+                ),
+            )
+            if not os.environ.get(name) and not fly.get(option)
+        ]
+        if missing:
+            raise DriverUnavailable(
+                "fly",
+                "VM_SERVICE=production runs projects on Fly.io Machines, and needs "
+                + " and ".join(missing),
+                "set them (export NAME=...) and start again; README: Production on Fly",
+            )
 
     async def _usable(self, name: str, asked_by: str) -> str:
         try:

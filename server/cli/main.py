@@ -13,8 +13,10 @@ from guest_runtime.errors import ProjectVMError
 from server import __version__
 from server.cli.admin import agents, gc, projects
 from server.cli.common import say
+from server.cli.costs import costs
 from server.cli.doctor import doctor
 from server.cli.images import image
+from server.cli.limits import limits
 from server.cli.serve import quickstart, serve
 
 __all__ = ["main"]
@@ -31,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "projects": projects,
     "image": image,
     "gc": gc,
+    "costs": costs,
+    "limits": limits,
 }
 
 
@@ -74,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="which VM drivers work here, and why not")
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument(
+        "--measure",
+        action="store_true",
+        help="also create a VM on each usable driver, time its boot and first command, and "
+        "destroy it",
+    )
     doctor.add_argument("--driver", help="check this driver choice (default: auto)")
 
     agents = commands.add_parser("agents", help="manage agent identities and tokens")
@@ -93,17 +103,46 @@ def _parser() -> argparse.ArgumentParser:
     project_list = project_commands.add_parser("list", help="list every project")
     project_list.add_argument("--json", action="store_true")
 
-    image = commands.add_parser("image", help="the project runtime image (docker driver)")
+    image = commands.add_parser("image", help="the project runtime image, for every driver")
     image_commands = image.add_subparsers(dest="image_command", required=True)
     build = image_commands.add_parser(
-        "build", help="build the runtime image from Debian packages and import it (no registry)"
+        "build",
+        help="build the runtime image from Debian packages (no registry): the docker image, "
+        "the VM drivers' boot artifacts and the local sandbox's root",
     )
     build.add_argument("--template", default="runtime", choices=["runtime", "minimal"])
-    build.add_argument("--tag", help="image name (default projectvm/TEMPLATE:VERSION)")
+    build.add_argument(
+        "--for",
+        dest="targets",
+        default="auto",
+        help="docker, vm, or both (docker,vm); default: what this machine can run",
+    )
+    build.add_argument("--tag", help="docker image name (default projectvm/TEMPLATE:VERSION)")
     build.add_argument("--mirror", help="Debian mirror (default: the one apt uses here)")
-    build.add_argument("--work-dir", help="scratch directory (default DATA_DIR/build)")
-    build.add_argument("--keep", action="store_true", help="keep the root filesystem and tar")
-    image_commands.add_parser("status", help="is the engine up and the runtime image there")
+    build.add_argument(
+        "--rebuild", action="store_true", help="make the root filesystem anew even if current"
+    )
+    pushing = image_commands.add_parser(
+        "push",
+        help="push the runtime image with the agent baked in to a registry (for the fly "
+        "driver), no Docker engine needed; prints it pinned by digest",
+    )
+    pushing.add_argument(
+        "--to",
+        help="registry/repository:tag (default: the fly driver's image, "
+        "registry.fly.io/projectvm-runtime:VERSION)",
+    )
+    pushing.add_argument("--template", default="runtime", choices=["runtime", "minimal"])
+    pushing.add_argument("--username", default="x", help="registry user (Fly: x)")
+    pushing.add_argument(
+        "--password-env",
+        default="FLY_API_TOKEN",
+        help="environment variable holding the registry password or token (default "
+        "FLY_API_TOKEN; none = no credentials)",
+    )
+    pushing.add_argument("--mirror", help="Debian mirror, if the root filesystem is built")
+    status = image_commands.add_parser("status", help="every image artifact, its size and hash")
+    status.add_argument("--json", action="store_true")
 
     gc = commands.add_parser(
         "gc", help="find VMs, volumes and workspaces that belong to no project; --yes removes"
@@ -121,6 +160,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="with --yes, remove every resource of this other installation (ids from "
         "--all-installations)",
+    )
+
+    cost = commands.add_parser(
+        "costs", help="this month's (or --month's) cost of each project on a metered driver"
+    )
+    cost.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
+    cost.add_argument("--json", action="store_true")
+
+    limit = commands.add_parser(
+        "limits", help="the limits this server enforces (config.toml [limits]) and what they mean"
+    )
+    limit.add_argument("--json", action="store_true")
+    limit.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    limit.add_argument(
+        "--defaults", action="store_true", help="the built-in defaults, not this config's values"
     )
 
     commands.add_parser("version", help="print the version")

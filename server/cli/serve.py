@@ -27,6 +27,8 @@ async def serve(args: argparse.Namespace) -> None:
     def ready(url: str) -> None:
         sys.stderr.write(
             f"ProjectVM {__version__} serving MCP at {url} (data: {config.data_dir})\n"
+            f"REST API at {url.removesuffix('/mcp')}/api/v1 "
+            f"(docs: {url.removesuffix('/mcp')}/api/v1/docs)\n"
             "Every request needs Authorization: Bearer <token> "
             "(create one with: projectvm agents add NAME)\n"
         )
@@ -78,6 +80,7 @@ async def quickstart(args: argparse.Namespace) -> None:
         claude = f"claude mcp add --transport http projectvm {url} --header {header}"
         say()
         say(f"MCP endpoint : {url}")
+        say(f"REST API     : {url.removesuffix('/mcp')}/api/v1   (docs: .../api/v1/docs)")
         say(f"agent        : {agent}")
         say(f"token        : {token}   (shown once; stored only as a hash)")
         say()

@@ -37,7 +37,7 @@ from server.core.results import CommandOutput, CommandResult, ExecutionHistory, 
 from server.core.runtime import Runtimes
 from server.core.storage import StorageGuard
 from server.domain.config import Limits
-from server.domain.errors import Conflict, InvalidInput, NotFound
+from server.domain.errors import Conflict, InvalidInput, LimitExceeded, NotFound
 from server.domain.events import ExecutionFinished, ExecutionQueued, ExecutionStarted
 from server.domain.models import Execution, ExecutionStatus, Project
 from server.domain.operations import Operation
@@ -53,6 +53,8 @@ PROGRESS_EVERY_S = 1.0
 ABORT_WAIT_S = 30.0
 HANDLE_WAIT_S = 30.0
 CURSOR_PREFIX = "seq:"
+# How much of a refused (oversized) command the audit log keeps.
+REFUSED_COMMAND_CHARS = 1024
 
 
 def encode_cursor(seq: int) -> str:
@@ -107,6 +109,7 @@ class Executions:
         grant = await self._gate.admit(caller, request.project_id)
         if not request.command.strip():
             raise InvalidInput("command is empty; pass a shell command such as 'ls -la'")
+        await self._check_size(caller, grant.project_id, request)
         timeout = self._timeout(request.timeout_s)
         policy = self._gate.policy
         policy.check_command(grant.project, request.command)
@@ -154,6 +157,64 @@ class Executions:
         runtime.live[execution_id] = live
         self._task_group.start_soon(self._run, project, live, request, env, timeout)
         return live
+
+    async def _check_size(self, caller: Caller, project_id: str, request: RunCommand) -> None:
+        """Refuse a command line (with its env) or stdin past the limits; a refused command is
+        recorded, truncated, so the audit log shows the attempt without storing its bulk."""
+        limits = self._limits
+        size = len(request.command.encode()) + sum(
+            len(k.encode()) + len(v.encode()) for k, v in (request.env or {}).items()
+        )
+        problem = None
+        if size > limits.max_command_bytes:
+            problem = (
+                f"the command line and its env are {size} bytes, over the limit of "
+                f"{limits.max_command_bytes}; write the script to a file with write_file and "
+                "run the file"
+            )
+        elif request.stdin is not None and len(request.stdin.encode()) > limits.max_file_bytes:
+            problem = (
+                f"stdin is over the limit of {limits.max_file_bytes} bytes; write it to a file "
+                "and redirect it (command < file)"
+            )
+        if problem is None:
+            return
+        now = utcnow()
+        shown = request.command[:REFUSED_COMMAND_CHARS]
+        if len(request.command) > REFUSED_COMMAND_CHARS:
+            shown += f" [... {len(request.command) - REFUSED_COMMAND_CHARS} characters omitted]"
+        refused = Execution(
+            execution_id=new_id("exe"),
+            project_id=project_id,
+            agent_id=caller.agent_id,
+            command=shown,
+            cwd=request.cwd,
+            status=ExecutionStatus.FAILED,
+            reason=f"refused: {problem}",
+            queued_at=now,
+            completed_at=now,
+            duration_ms=0,
+        )
+        async with self._journal.change() as change:
+            await change.store.executions.insert(refused, this_server_id())
+            await change.store.executions.finish(refused)
+            await change.record(
+                project_id,
+                caller.agent_id,
+                ExecutionQueued(execution_id=refused.execution_id, command=shown[:500]),
+            )
+            await change.record(
+                project_id,
+                caller.agent_id,
+                ExecutionFinished(
+                    execution_id=refused.execution_id,
+                    status=refused.status,
+                    exit_code=None,
+                    duration_ms=0,
+                    reason=refused.reason,
+                ),
+            )
+        raise LimitExceeded(problem)
 
     async def _run(
         self,
@@ -562,10 +623,29 @@ class Executions:
             after_seq=None if newest_first else bound,
             order=request.order,
             limit=request.limit + 1,
-            include_output=request.include_output,
+            include_output=False,
         )
         more = len(rows) > request.limit
         rows = rows[: request.limit]
+        if request.include_output and rows:
+            # Outputs are read only for the rows whose outputs fit the page's byte budget.
+            sizes = await self._store.executions.output_sizes([r.execution_id for r in rows])
+            count, cut = _fitting([sizes.get(r.execution_id, 0) for r in rows], self._limits)
+            more = more or cut
+            first, last = rows[0].seq, rows[count - 1].seq
+            assert first is not None
+            assert last is not None
+            low, high = sorted((first, last))
+            rows = await self._store.executions.page(
+                grant.project_id,
+                agent_id=request.agent_id,
+                statuses=statuses,
+                after_seq=low - 1,
+                before_seq=high + 1,
+                order=request.order,
+                limit=count,
+                include_output=True,
+            )
         last_seq = rows[-1].seq if rows else None
         next_cursor = None
         if more and last_seq is not None:
@@ -576,3 +656,14 @@ class Executions:
         return ExecutionHistory(
             project_id=grant.project_id, executions=rows, next_cursor=next_cursor, has_more=more
         )
+
+
+def _fitting(sizes: list[int], limits: Limits) -> tuple[int, bool]:
+    """How many leading rows' outputs fit a history page (always at least one), and whether
+    any were left out."""
+    used = 0
+    for count, size in enumerate(sizes):
+        if count and used + size > limits.max_history_page_bytes:
+            return count, True
+        used += size
+    return len(sizes), False

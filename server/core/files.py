@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import posixpath
+import secrets
+from collections.abc import AsyncIterable, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
 import anyio
 
 from guest_runtime.client import GuestClient
-from guest_runtime.errors import WriteConflict
-from guest_runtime.protocol import WriteResult
+from guest_runtime.errors import GuestError, GuestUnreachable, WriteConflict
+from guest_runtime.protocol import FileData, WriteResult
 from server.core.access import Grant
 from server.core.caller import Caller
 from server.core.edits import apply_edits, unified_diff
@@ -48,12 +52,22 @@ from server.core.results import (
 from server.core.runtime import Runtimes
 from server.core.storage import StorageGuard
 from server.domain.config import Limits
-from server.domain.errors import Conflict, InvalidInput, LimitExceeded
+from server.domain.errors import InvalidInput, LimitExceeded, StaleWrite
 from server.domain.events import FileDeleted, FileEdited, FileMoved, FileWritten
 from server.domain.models import Project
 from server.store import Store
 
-__all__ = ["Files"]
+__all__ = ["SMALL_READ_BYTES", "Files", "upload_name"]
+
+# Reads up to this size are served at once; larger ones take a large-read slot.
+SMALL_READ_BYTES = 1024 * 1024
+
+
+def upload_name(path: str) -> str:
+    """Where an upload to ``path`` gathers: a hidden name beside it (the same filesystem, so
+    moving it into place is one rename), unique per upload."""
+    folder, name = posixpath.split(path.rstrip("/"))
+    return posixpath.join(folder, f".{name[:64]}.{secrets.token_hex(6)}.pvm-upload")
 
 
 class Files:
@@ -76,16 +90,17 @@ class Files:
         self._storage = storage
         self._locks = locks
         self._limits = limits
+        self._large_reads = anyio.CapacityLimiter(limits.concurrent_large_reads)
 
     async def _open(self, caller: Caller, project_id: str) -> tuple[Grant, GuestClient]:
         grant = await self._gate.admit(caller, project_id)
         return grant, await self._lifecycle.client(grant.project, caller.report)
 
-    async def _conflict(self, project_id: str, err: WriteConflict) -> Conflict:
+    async def _conflict(self, project_id: str, err: WriteConflict) -> StaleWrite:
         path = str(err.data.get("path", ""))
         last = await self._store.events.last_for_path(project_id, path)
         who = f"; last changed by {last.agent_id} at {last.created_at.isoformat()}" if last else ""
-        return Conflict(
+        return StaleWrite(
             f"{path} changed since you read it: it now has sha256 "
             f"{err.current_sha256 or 'absent (deleted)'}{who}. Read it again, then retry with "
             "the new sha256 as if_match",
@@ -95,15 +110,26 @@ class Files:
 
     # -- reading ------------------------------------------------------------------------------
 
+    async def _read_bounded(self, read: Callable[[int], Awaitable[FileData]]) -> FileData:
+        """``read(max_bytes)``: small reads straight away; one that turns out large waits for
+        one of a few large-read slots, so concurrent big reads cannot exhaust the server."""
+        small = min(SMALL_READ_BYTES, self._limits.max_file_bytes)
+        data = await read(small)
+        if data.eof or small >= self._limits.max_file_bytes:
+            return data
+        async with self._large_reads:
+            return await read(self._limits.max_file_bytes)
+
     async def read(self, caller: Caller, request: ReadFile) -> FileRead:
         grant, client = await self._open(caller, request.project_id)
-        max_bytes = self._limits.max_file_bytes
         offset, limit, path = request.offset, request.limit, request.path
         if request.encoding == "base64":
             start = offset or 0
             if start < 0 or (limit is not None and limit < 0):
                 raise InvalidInput("offset and limit must not be negative")
-            data = await client.read_file(path, offset=start, length=limit, max_bytes=max_bytes)
+            data = await self._read_bounded(
+                lambda most: client.read_file(path, offset=start, length=limit, max_bytes=most)
+            )
             return FileRead(
                 project_id=grant.project_id,
                 path=data.path,
@@ -117,8 +143,10 @@ class Files:
         first_line = 1 if offset is None else offset
         if first_line < 1 or (limit is not None and limit < 1):
             raise InvalidInput("offset is a line number counting from 1; limit must be >= 1")
-        data = await client.read_file(
-            path, line_offset=first_line - 1, line_limit=limit, max_bytes=max_bytes
+        data = await self._read_bounded(
+            lambda most: client.read_file(
+                path, line_offset=first_line - 1, line_limit=limit, max_bytes=most
+            )
         )
         used: Literal["utf-8", "base64"]
         try:
@@ -227,7 +255,7 @@ class Files:
         grant, client = await self._open(caller, request.project_id)
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
-            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             written = await self._put(
                 grant.project, client, request.path, data, request.if_match, request.append
             )
@@ -244,6 +272,83 @@ class Files:
             created=written.created,
         )
 
+    async def write_stream(
+        self, caller: Caller, request: WriteFile, chunks: AsyncIterable[bytes]
+    ) -> FileWrite:
+        """A write whose content arrives in pieces (an HTTP upload), never held whole.
+
+        The pieces gather under a hidden name beside the file; only when all have arrived is
+        it moved into place, under the project's mutation lock and with ``if_match`` checked
+        then, so no reader ever sees a half-written file. A failed or abandoned upload leaves
+        nothing behind. Every piece re-admits the caller: a member removed mid-upload stops.
+        """
+        if request.content or request.append or request.encoding != "utf-8":
+            raise InvalidInput("a streamed write takes its content from the stream only")
+        grant, client = await self._open(caller, request.project_id)
+        project_id, path, limit = grant.project_id, request.path, self._limits.max_file_bytes
+        await self._locks.check_write(project_id, caller.agent_id, client, path)
+        target = await client.stat(path)
+        mode = target.mode & 0o7777 if target.exists and target.mode is not None else None
+        temp = upload_name(path)
+        digest, size, placed = hashlib.sha256(), 0, False
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > limit:
+                    raise LimitExceeded(
+                        f"the upload to {path} is larger than {limit} bytes, the most one file "
+                        "write takes here; produce a larger file inside the VM with run_command"
+                    )
+                grant = await self._gate.admit(caller, project_id)
+                await self._storage.check_write(grant.project, client, temp, len(chunk), True)
+                written = await client.write_file(
+                    temp, chunk, append=size > len(chunk), if_match=None, mode=mode
+                )
+                self._storage.wrote(project_id, written.previous_size, written.size)
+                digest.update(chunk)
+            if size == 0:
+                await client.write_file(temp, b"", mode=mode)
+            async with self._runtimes.of(project_id).mutation:
+                await self._gate.admit(caller, project_id)
+                await self._locks.check_write(project_id, caller.agent_id, client, path)
+                current = await client.stat(path, sha256=request.if_match is not None)
+                if request.if_match is not None:
+                    expected = None if request.if_match == "absent" else request.if_match
+                    found = current.sha256 if current.exists else None
+                    if found != expected:
+                        raise await self._conflict(
+                            project_id,
+                            WriteConflict(
+                                "stale if_match", {"path": path, "current_sha256": found}
+                            ),
+                        )
+                _, resolved = await client.move(temp, path, overwrite=True)
+                placed = True
+                self._storage.forget(project_id)
+                sha256 = digest.hexdigest()
+                await self._journal.record(
+                    project_id,
+                    caller.agent_id,
+                    FileWritten(path=resolved, sha256=sha256, size=size),
+                )
+        finally:
+            if not placed:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    try:
+                        await client.remove(temp, missing_ok=True)
+                    except (GuestError, GuestUnreachable):
+                        pass  # the VM went away: its workspace is the driver's to clean
+                self._storage.forget(project_id)
+        return FileWrite(
+            project_id=project_id,
+            path=resolved,
+            sha256=sha256,
+            size=size,
+            created=not current.exists,
+        )
+
     async def edit(self, caller: Caller, request: EditFile) -> EditResult:
         if not request.edits:
             raise InvalidInput("edits is empty; give at least one {old_text, new_text}")
@@ -251,7 +356,7 @@ class Files:
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             if not request.dry_run:
-                await self._locks.check_write(project_id, caller.agent_id, request.path)
+                await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             limit = self._limits.max_file_bytes
             current = await client.read_file(request.path, max_bytes=limit)
             if not current.eof:
@@ -301,7 +406,7 @@ class Files:
         grant, client = await self._open(caller, request.project_id)
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
-            await self._locks.check_write(project_id, caller.agent_id, request.path)
+            await self._locks.check_write(project_id, caller.agent_id, client, request.path)
             try:
                 removed, resolved = await client.remove(
                     request.path, recursive=request.recursive, if_match=request.if_match
@@ -317,7 +422,7 @@ class Files:
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             await self._locks.check_write(
-                project_id, caller.agent_id, request.source, request.destination
+                project_id, caller.agent_id, client, request.source, request.destination
             )
             moved_from, moved_to = await client.move(
                 request.source, request.destination, overwrite=request.overwrite

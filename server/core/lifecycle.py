@@ -27,7 +27,14 @@ from server.domain.errors import NotFound, ProjectNotRunning
 from server.domain.events import VMRecovered, VMRecreated, VMStatusChanged, VMWoken
 from server.domain.models import ExecutionStatus, Project, VMStatus
 from server.store import Store
-from vm_drivers.base import VMCreationResult, VMDriver, VMSpec
+from vm_drivers.base import (
+    Billing,
+    Metered,
+    SupportsSuspend,
+    VMCreationResult,
+    VMDriver,
+    VMSpec,
+)
 from vm_drivers.errors import DriverConfigError, DriverError, VMNotFound
 from vm_drivers.registry import DriverSet
 
@@ -75,6 +82,9 @@ class Lifecycle:
         self._activity = activity
         # Called when a project starts running (the sleeper recomputes when to look again).
         self._on_running = on_running
+        # Why a stopped project may not be woken by a call (its budget is spent), if it may not:
+        # set by the service once the budgets, which build on the lifecycle, exist.
+        self.wake_refusal: Callable[[Project], Awaitable[str | None]] | None = None
 
     def driver(self, project: Project) -> VMDriver:
         return self.drivers.get(project.driver)
@@ -88,7 +98,8 @@ class Lifecycle:
         *,
         change: Change | None = None,
     ) -> None:
-        """Record the VM's status (and why) with its event, in ``change`` or on its own."""
+        """Record the VM's status (and why) with its event, in ``change`` or on its own. A VM
+        that starts running on a metered driver records what it is billed as."""
         if change is None:
             async with self._journal.change() as own:
                 await self.set_status(project, agent_id, status, reason, change=own)
@@ -96,9 +107,16 @@ class Lifecycle:
         await change.store.projects.update(
             project.project_id, vm_status=status, vm_status_reason=reason
         )
+        billing = self.billing(project) if status == VMStatus.RUNNING else None
         await change.record(
-            project.project_id, agent_id, VMStatusChanged(status=status, reason=reason)
+            project.project_id,
+            agent_id,
+            VMStatusChanged(status=status, reason=reason, billing=billing),
         )
+
+    def billing(self, project: Project) -> Billing | None:
+        driver = self.driver(project)
+        return driver.billing(spec_of(project)) if isinstance(driver, Metered) else None
 
     async def reload(self, project_id: str) -> Project:
         project = await self._store.projects.get(project_id)
@@ -144,11 +162,14 @@ class Lifecycle:
                 vm_url=created.vm_url,
                 workspace_path=created.workspace_path,
             )
+            billing = self.billing(project) if created.status == VMStatus.RUNNING else None
             await change.record(
                 project.project_id,
                 agent_id,
-                VMStatusChanged(status=created.status, vm_id=created.vm_id),
+                VMStatusChanged(status=created.status, vm_id=created.vm_id, billing=billing),
             )
+        # Idle time counts from when the VM is ready, not from when its creation began.
+        await self._activity.touch(project.project_id)
 
     async def boot(self, project: Project, agent_id: str | None) -> Project:
         """Start (or create, if it has none) the project's VM; record the outcome."""
@@ -197,20 +218,38 @@ class Lifecycle:
 
     # -- stopping -----------------------------------------------------------------------------
 
-    async def halt(self, project: Project, reason: str) -> None:
-        """Kill queued and running commands (recorded as killed), close the channel, stop."""
+    async def halt(self, project: Project, reason: str, *, keep_memory: bool = False) -> bool:
+        """Kill queued and running commands (recorded as killed), close the channel, stop.
+
+        With ``keep_memory``, a driver that can suspends the VM instead (its processes carry on
+        at the next start); returns whether the memory was kept.
+        """
         runtime = self._runtimes.of(project.project_id)
         runtime.stopping = reason
+        kept = False
         try:
             runtime.withdraw_queued(ExecutionStatus.KILLED, reason)
             await self.channels.close(project.project_id)
             if project.vm_id is not None:
+                driver = self.driver(project)
                 try:
-                    await self.driver(project).stop_project_vm(project.vm_id)
+                    if keep_memory and isinstance(driver, SupportsSuspend):
+                        await driver.suspend_project_vm(project.vm_id)
+                        kept = True
+                    else:
+                        await driver.stop_project_vm(project.vm_id)
                 except VMNotFound:
                     pass
         finally:
             runtime.stopping = None
+        return kept
+
+    def suspended_bytes(self, project: Project) -> int:
+        """What a project's VM keeps on disk while asleep with its memory."""
+        driver = self.driver(project)
+        if project.vm_id is None or not isinstance(driver, SupportsSuspend):
+            return 0
+        return driver.suspended_bytes(project.vm_id)
 
     async def vms_of(self, project: Project) -> list[str]:
         """The project's VM, and any its driver holds under its label (an interrupted
@@ -258,6 +297,10 @@ class Lifecycle:
             return project
         if project.vm_status != VMStatus.STOPPED:
             raise self.not_running(project)
+        if self.wake_refusal is not None:
+            refusal = await self.wake_refusal(project)
+            if refusal is not None:
+                raise ProjectNotRunning(refusal)
         await report(f"waking project {project.project_id}: starting its VM")
         woken = await self.boot(project, None)
         await self._journal.record(project.project_id, None, VMWoken(was=project.vm_status_reason))

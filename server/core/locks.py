@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from server.core.access import Grant
 from server.core.caller import Caller
 from server.core.gate import Gate
 from server.core.journal import Journal
+from server.core.lifecycle import Lifecycle
 from server.core.path_locks import PathLockTable, lock_key
 from server.core.requests import ListLocks, LockPath, UnlockPath
 from server.core.results import LockList, LockResult
@@ -23,18 +25,29 @@ MAX_TTL_S = 24 * 3600.0
 
 class Locks:
     def __init__(
-        self, journal: Journal, gate: Gate, runtimes: Runtimes, table: PathLockTable
+        self,
+        journal: Journal,
+        gate: Gate,
+        lifecycle: Lifecycle,
+        runtimes: Runtimes,
+        table: PathLockTable,
     ) -> None:
         self._journal = journal
         self._gate = gate
+        self._lifecycle = lifecycle
         self._runtimes = runtimes
         self._table = table
+
+    async def _key(self, caller: Caller, grant: Grant, path: str) -> str:
+        """The path as writes will be compared with it: resolved by the guest."""
+        client = await self._lifecycle.client(grant.project, caller.report)
+        return await self._table.canonical(client, path)
 
     async def lock(self, caller: Caller, request: LockPath) -> LockResult:
         grant = await self._gate.admit(caller, request.project_id)
         if not 0 < request.ttl_s <= MAX_TTL_S:
             raise InvalidInput(f"ttl_s must be between 0 and {MAX_TTL_S:g} seconds")
-        key = lock_key(request.path)
+        key = await self._key(caller, grant, request.path)
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             held = await self._table.held_by_others(project_id, key, caller.agent_id)
@@ -62,7 +75,10 @@ class Locks:
 
     async def unlock(self, caller: Caller, request: UnlockPath) -> LockResult:
         grant = await self._gate.admit(caller, request.project_id)
-        key = lock_key(request.path)
+        try:
+            key = await self._key(caller, grant, request.path)
+        except InvalidInput:
+            key = lock_key(request.path)  # release by its recorded spelling, whatever it is
         project_id = grant.project_id
         async with self._runtimes.of(project_id).mutation:
             current = {lock.path: lock for lock in await self._table.live(project_id)}.get(key)

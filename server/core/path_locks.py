@@ -7,6 +7,8 @@ are not checked; the VM is the boundary.
 
 from __future__ import annotations
 
+from guest_runtime.client import GuestClient
+from guest_runtime.errors import GuestError
 from server.domain.errors import Conflict, InvalidInput
 from server.domain.models import PathLock
 from server.store import Store, utcnow
@@ -62,13 +64,25 @@ class PathLockTable:
             if lock.agent_id != agent_id and overlaps(lock.path, key)
         ]
 
-    async def check_write(self, project_id: str, agent_id: str, *paths: str) -> None:
-        """Refuse a write under a lock held by another agent."""
+    async def canonical(self, client: GuestClient, path: str) -> str:
+        """``path`` as the guest resolves it (``..`` and symlinks in it followed), as a lock
+        key. What cannot be resolved is refused: a lock must never be walked around."""
+        try:
+            resolved = (await client.stat(path)).path
+        except GuestError as err:
+            raise InvalidInput(
+                f"cannot tell which file {path!r} is ({err}); use a plain workspace path"
+            ) from err
+        return lock_key("" if resolved == "." else resolved)
+
+    async def check_write(
+        self, project_id: str, agent_id: str, client: GuestClient, *paths: str
+    ) -> None:
+        """Refuse a write under a lock held by another agent, however the path is spelled."""
         for path in paths:
-            try:
-                held = await self.held_by_others(project_id, lock_key(path), agent_id)
-            except InvalidInput:
-                continue  # not a workspace path: the guest refuses it with the full story
+            held = await self.held_by_others(
+                project_id, await self.canonical(client, path), agent_id
+            )
             if held:
                 lock = held[0]
                 raise Conflict(

@@ -9,6 +9,7 @@ import anyio
 
 from guest_runtime.errors import ProjectVMError
 from server.core.caller import Caller
+from server.core.costs import CostMeter
 from server.core.gate import Gate
 from server.core.ids import new_id
 from server.core.journal import Journal
@@ -65,6 +66,7 @@ class Projects:
         sleep_recheck: Wakeup,
         runtimes: Runtimes,
         storage: StorageGuard,
+        costs: CostMeter,
         default_driver: str,
     ) -> None:
         self._store = store
@@ -74,6 +76,7 @@ class Projects:
         self._sleep_recheck = sleep_recheck
         self._runtimes = runtimes
         self._storage = storage
+        self._costs = costs
         self.default_driver = default_driver
 
     # -- creating -----------------------------------------------------------------------------
@@ -159,11 +162,13 @@ class Projects:
         info = ProjectInfo.of(grant.project, grant.level)
         info.members = await self._store.members.list(grant.project_id)
         info.usage = await self._usage(grant.project)
+        info.cost = await self._costs.report(grant.project_id)
         return info
 
     async def _usage(self, project: Project) -> ResourceUsage:
         """CPU, memory and workspace disk use, measured in the VM (a stopped one is not woken)."""
         usage = ResourceUsage(max_storage_bytes=limit_bytes(project))
+        usage.suspended_bytes = self._lifecycle.suspended_bytes(project) or None
         if project.vm_status != VMStatus.RUNNING:
             usage.note = f"the VM is {project.vm_status}; figures appear while it runs"
             return usage

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.domain.models import Environment
 from server.domain.operations import Operation
 
 __all__ = [
@@ -149,7 +150,13 @@ class RunCommand(ProjectRequest):
     cwd: Annotated[
         str | None, Field(description="working directory in the workspace; default its root")
     ] = None
-    env: Annotated[dict[str, str] | None, Field(description="extra environment variables")] = None
+    env: Annotated[
+        Environment | None,
+        Field(
+            description="extra environment variables; the project's environment_variables "
+            "cannot be overridden"
+        ),
+    ] = None
     timeout_s: Annotated[
         float | None,
         Field(description="kill the command (and its children) after this many seconds"),

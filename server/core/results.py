@@ -23,6 +23,7 @@ from server.domain.models import (
 __all__ = [
     "CommandOutput",
     "CommandResult",
+    "CostReport",
     "DeleteResult",
     "EditResult",
     "EventsResult",
@@ -56,8 +57,25 @@ class ResourceUsage(BaseModel):
     memory_used_bytes: int | None = None
     memory_limit_bytes: int | None = None
     disk_free_bytes: int | None = None
+    suspended_bytes: int | None = Field(
+        default=None, description="the VM's saved memory and state on disk while it sleeps"
+    )
     load_average: list[float] | None = None
     note: str | None = None
+
+
+class CostReport(BaseModel):
+    """A project's spending in one calendar month (UTC), in US dollars."""
+
+    project_id: str
+    month: str = Field(description="YYYY-MM")
+    priced_as: str | None = Field(description="the price table and size, e.g. fly shared-cpu-1x")
+    so_far_usd: float = Field(description="from the month's start (or the project's) until now")
+    projected_usd: float = Field(description="by the month's end, if the project stays as now")
+    running_seconds: int
+    stopped_seconds: int
+    volume_gb: float
+    prices_read_on: str
 
 
 class ProjectInfo(BaseModel):
@@ -85,6 +103,10 @@ class ProjectInfo(BaseModel):
         default=None, description="CPU, memory and workspace disk use (get_project only)"
     )
     notes: list[str] | None = Field(default=None, description="what the caller should know")
+    cost: CostReport | None = Field(
+        default=None,
+        description="this month's cost so far and projected, on a metered driver (get_project)",
+    )
 
     @classmethod
     def of(cls, project: Project, access: AccessLevel | None = None) -> ProjectInfo:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,8 +26,10 @@ from server import __version__
 from server.core.access import Policy
 from server.core.activity import Activity
 from server.core.agents import Agents
+from server.core.budgets import Budgets
 from server.core.caller import Caller, ProgressReporter, Surface, no_progress
 from server.core.channels import ChannelPool
+from server.core.costs import CostMeter
 from server.core.executions import Executions
 from server.core.feed import Feed
 from server.core.files import Files
@@ -40,12 +42,13 @@ from server.core.members import Members
 from server.core.path_locks import PathLockTable
 from server.core.projects import Projects
 from server.core.reconcile import Reconciler
-from server.core.requests import OPERATION_OF, REQUESTS, Request
+from server.core.requests import OPERATION_OF, REQUESTS, Request, WriteFile
+from server.core.results import FileWrite
 from server.core.runtime import Runtimes
 from server.core.sleeper import Sleeper
 from server.core.storage import StorageGuard
 from server.core.wakeup import Wakeup
-from server.domain.config import Limits, ServerConfig
+from server.domain.config import Limits, Prices, ServerConfig
 from server.domain.operations import Operation
 from server.store import Store
 from vm_drivers.base import DriverContext
@@ -123,6 +126,7 @@ class ProjectService:
         drivers: DriverSet,
         default_driver: str,
         limits: Limits | None = None,
+        prices: Prices | None = None,
     ) -> None:
         self.store = store
         self.drivers = drivers
@@ -147,8 +151,11 @@ class ProjectService:
             self.activity,
             on_running=self.sleep_recheck.raise_,
         )
+        self.costs = CostMeter(store, prices or Prices())
+        self.budgets = Budgets(store, self.journal, self.lifecycle, self.runtimes, self.costs)
+        self.lifecycle.wake_refusal = self.budgets.wake_refusal
         self.sleeper = Sleeper(
-            store, self.journal, self.lifecycle, self.runtimes, self.sleep_recheck
+            store, self.journal, self.lifecycle, self.runtimes, self.sleep_recheck, self.budgets
         )
         path_locks = PathLockTable(store)
         self.projects = Projects(
@@ -159,6 +166,7 @@ class ProjectService:
             self.sleep_recheck,
             self.runtimes,
             self.storage,
+            self.costs,
             default_driver,
         )
         self.members = Members(store, self.journal, self.gate)
@@ -182,7 +190,7 @@ class ProjectService:
             path_locks,
             self.limits,
         )
-        self.locks = Locks(self.journal, self.gate, self.runtimes, path_locks)
+        self.locks = Locks(self.journal, self.gate, self.lifecycle, self.runtimes, path_locks)
         self.feed = Feed(store, self.gate, self.hub)
 
     @property
@@ -196,6 +204,15 @@ class ProjectService:
         if not isinstance(request, expected):
             raise TypeError(f"{caller.operation} takes {expected.__name__}, not {request!r}")
         return await handler(getattr(self, owner), caller, request)
+
+    async def upload(
+        self, caller: Caller, request: WriteFile, chunks: AsyncIterable[bytes]
+    ) -> FileWrite:
+        """Serve a ``write_file`` whose content arrives as a stream (an HTTP upload); the same
+        operation, so the same policy, with the content never held whole."""
+        if caller.operation != Operation.WRITE_FILE:
+            raise TypeError(f"an upload is the write_file operation, not {caller.operation}")
+        return await self.files.write_stream(caller, request, chunks)
 
     async def act(
         self,
@@ -244,7 +261,9 @@ async def open_service(config: ServerConfig) -> AsyncIterator[ProjectService]:
         log.info(
             "ProjectVM %s: data in %s, driver %s", __version__, config.data_dir, default_driver
         )
-        async with ProjectService(store, drivers, default_driver, config.limits) as service:
+        async with ProjectService(
+            store, drivers, default_driver, config.limits, config.prices
+        ) as service:
             yield service
     finally:
         await drivers.aclose()

@@ -12,6 +12,7 @@ import time
 
 import anyio
 
+from server.core.budgets import Budgets
 from server.core.journal import Journal
 from server.core.lifecycle import Lifecycle
 from server.core.runtime import Runtime, Runtimes
@@ -39,11 +40,13 @@ class Sleeper:
         lifecycle: Lifecycle,
         runtimes: Runtimes,
         recheck: Wakeup,
+        budgets: Budgets,
     ) -> None:
         self._store = store
         self._journal = journal
         self._lifecycle = lifecycle
         self._runtimes = runtimes
+        self._budgets = budgets
         # Raised when settings change or a project starts: recompute when the next is due.
         self._recheck = recheck
         # When the last complete round began (monotonic), and an event for the next end.
@@ -80,6 +83,7 @@ class Sleeper:
 
     async def _sleep_idle_projects(self) -> float:
         """Put idle projects to sleep; return how long until the next one could be due."""
+        await self._budgets.check_all()
         now = time.monotonic()
         next_due = CHECK_MAX_S
         for project in await self._store.projects.list():
@@ -113,13 +117,20 @@ class Sleeper:
                 or idle_for < minutes * 60
             ):
                 return
-            await self._lifecycle.halt(current, "the project went to sleep")
+            kept = await self._lifecycle.halt(
+                current, "the project went to sleep", keep_memory=True
+            )
+            memory = " with its memory (processes resume where they were)" if kept else ""
             async with self._journal.change() as change:
                 await self._lifecycle.set_status(
                     current,
                     None,
                     VMStatus.STOPPED,
-                    f"asleep after {minutes:g} min without activity; any call wakes it",
+                    f"asleep{memory} after {minutes:g} min without activity; any call wakes it",
                     change=change,
                 )
-                await change.record(current.project_id, None, VMSlept(idle_s=round(idle_for, 1)))
+                await change.record(
+                    current.project_id,
+                    None,
+                    VMSlept(idle_s=round(idle_for, 1), memory_kept=kept),
+                )

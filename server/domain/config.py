@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.domain.errors import InvalidInput
 
-__all__ = ["CONFIG_FILENAME", "DB_FILENAME", "Limits", "ServerConfig", "default_data_dir"]
+__all__ = [
+    "CONFIG_FILENAME",
+    "DB_FILENAME",
+    "FlyPrices",
+    "Limits",
+    "Prices",
+    "ServerConfig",
+    "default_data_dir",
+]
 
 CONFIG_FILENAME = "config.toml"
 DB_FILENAME = "projectvm.db"
@@ -53,6 +61,23 @@ class Limits(BaseModel):
     max_file_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="largest file read or written in one call"
     )
+    max_command_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="longest command line (with its env) run_command takes; write a script "
+        "file for more",
+    )
+    max_history_page_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="output bytes one page of execution history returns at most (a page with "
+        "outputs ends early when its outputs reach this; read on with next_cursor)",
+    )
+    concurrent_large_reads: int = Field(
+        default=2,
+        ge=1,
+        description="file reads over 1 MiB served at once; more wait (bounds server memory)",
+    )
     default_timeout_s: float = Field(default=600, gt=0, description="run_command default timeout")
     max_timeout_s: float = Field(default=24 * 3600, gt=0, description="largest timeout_s allowed")
     max_project_cpus: float | None = Field(
@@ -72,6 +97,87 @@ class Limits(BaseModel):
     max_project_concurrent_executions: int | None = Field(
         default=64, description="the most commands a project may run at once"
     )
+    # The HTTP server's defences against slow and idle clients (server/surfaces/http/
+    # connections.py). With the defaults, a connection that is not being served is closed
+    # within 30 s: 10 s for its headers, then 15 s for a trickled body; or after 15 s idle.
+    http_request_header_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="an HTTP request's line and headers must all arrive within this many "
+        "seconds of its first byte (of the connection's opening, for its first request); "
+        "else the connection is closed",
+    )
+    http_request_body_timeout_s: float = Field(
+        default=15,
+        gt=0,
+        description="an HTTP request body must arrive within this many seconds of its headers, "
+        "plus one second per http_min_body_bytes_per_s bytes received; else the connection "
+        "is closed",
+    )
+    http_min_body_bytes_per_s: int = Field(
+        default=16 * 1024,
+        ge=1,
+        description="the upload rate that keeps a large request body within its deadline",
+    )
+    http_keep_alive_timeout_s: float = Field(
+        default=15,
+        gt=0,
+        description="an HTTP connection idle between requests is closed after this many seconds",
+    )
+    http_max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="the most HTTP connections open at once (never more than half the "
+        "process's open-file limit, raised to its hard limit at start); a new one past it "
+        "closes the connection that has waited longest without completing a request (else "
+        "the longest idle), so new clients get in",
+    )
+
+
+class FlyPrices(BaseModel):
+    """Fly.io's published prices (base region, USD per 30 days), as read on ``read_on``.
+
+    Re-read https://fly.io/docs/about/pricing/ before quoting money, and set newer figures in
+    config.toml under [prices.fly]; regions other than the base one cost more.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    read_on: str = Field(default="2026-09-16", description="when these figures were read")
+    machine_per_month: dict[str, float] = Field(
+        default_factory=lambda: {
+            # guest name -> price of its base memory (256 MB per shared CPU, 2 GB per
+            # performance CPU) for 30 days started
+            "shared-cpu-1x": 1.94,
+            "shared-cpu-2x": 3.89,
+            "shared-cpu-4x": 7.78,
+            "shared-cpu-8x": 15.55,
+            "performance-1x": 31.00,
+            "performance-2x": 62.00,
+            "performance-4x": 124.00,
+            "performance-8x": 248.00,
+            "performance-16x": 496.00,
+        },
+        description="price per 30 days started, per guest size at its base memory",
+    )
+    extra_memory_per_gb_month: float = Field(
+        default=5.0, ge=0, description="each GB of memory above a size's base, per 30 days"
+    )
+    stopped_rootfs_per_gb_month: float = Field(
+        default=0.15, ge=0, description="a stopped or suspended Machine's rootfs, per GB"
+    )
+    rootfs_gb: float = Field(
+        default=1.0, ge=0, description="the size of the project image's rootfs (billed stopped)"
+    )
+    volume_per_gb_month: float = Field(
+        default=0.15, ge=0, description="a volume's provisioned size, per GB for 30 days"
+    )
+
+
+class Prices(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fly: FlyPrices = Field(default_factory=FlyPrices)
 
 
 class ServerConfig(BaseModel):
@@ -83,6 +189,7 @@ class ServerConfig(BaseModel):
         default_factory=dict, description="per-driver options, by driver name"
     )
     limits: Limits = Field(default_factory=Limits)
+    prices: Prices = Field(default_factory=Prices)
 
     @property
     def db_path(self) -> Path:

@@ -11,6 +11,7 @@
         ├── AccessDenied            (PermissionError)  your access level is too low
         ├── InvalidInput            (ValueError)       a parameter is wrong; the text says which
         ├── Conflict                                   the state changed under you
+        │   └── StaleWrite                             if_match no longer holds (a precondition)
         ├── ProjectNotRunning                          the VM is stopped, failed or busy
         ├── LimitExceeded                              size, storage or rate limit
         ├── Unauthenticated         (PermissionError)  no or unknown identity
@@ -29,6 +30,7 @@ __all__ = [
     "NotFound",
     "ProjectNotRunning",
     "ServiceError",
+    "StaleWrite",
     "StoreBusy",
     "Unauthenticated",
 ]
@@ -59,6 +61,11 @@ class Conflict(ServiceError):
         super().__init__(message)
         self.current_sha256 = current_sha256
         self.changed_by = changed_by
+
+
+class StaleWrite(Conflict):
+    """A write's ``if_match`` no longer holds: the file changed (or appeared, or went) since
+    the caller read it. REST answers it as a failed precondition (412)."""
 
 
 class ProjectNotRunning(ServiceError):

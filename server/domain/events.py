@@ -14,9 +14,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from server.domain.models import AccessLevel, ExecutionStatus, ProjectType, VMStatus
+from vm_drivers.base import Billing
 
 __all__ = [
     "EVENT_PAYLOADS",
+    "BudgetStopped",
+    "BudgetWarning",
     "EventKind",
     "EventPayload",
     "ExecutionFinished",
@@ -61,6 +64,8 @@ class EventKind(enum.StrEnum):
     FILE_DELETED = "file.deleted"
     LOCK_ACQUIRED = "lock.acquired"
     LOCK_RELEASED = "lock.released"
+    BUDGET_WARNING = "budget.warning"
+    BUDGET_STOPPED = "budget.stopped"
 
 
 class EventPayload(BaseModel):
@@ -104,6 +109,8 @@ class VMStatusChanged(EventPayload):
     status: VMStatus
     reason: str | None = None
     vm_id: str | None = None
+    # For a metered driver, when the VM starts running: what it is billed as from now on.
+    billing: Billing | None = None
 
 
 class VMRecreated(EventPayload):
@@ -193,6 +200,21 @@ class LockReleased(EventPayload):
     path: str
 
 
+class BudgetWarning(EventPayload):
+    kind = EventKind.BUDGET_WARNING
+    month: str
+    spent_usd: float
+    budget_usd: float
+    percent: int
+
+
+class BudgetStopped(EventPayload):
+    kind = EventKind.BUDGET_STOPPED
+    month: str
+    spent_usd: float
+    budget_usd: float
+
+
 EVENT_PAYLOADS: dict[EventKind, type[EventPayload]] = {
     payload.kind: payload
     for payload in (
@@ -215,5 +237,7 @@ EVENT_PAYLOADS: dict[EventKind, type[EventPayload]] = {
         FileDeleted,
         LockAcquired,
         LockReleased,
+        BudgetWarning,
+        BudgetStopped,
     )
 }

@@ -5,16 +5,26 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from vm_drivers.base import VMStatus
 
 __all__ = [
     "AGENT_ID_PATTERN",
+    "MIN_AUTO_SLEEP_MINUTES",
+    "STORED",
     "AccessLevel",
     "Agent",
+    "Environment",
     "Event",
     "Execution",
     "ExecutionStatus",
@@ -25,6 +35,13 @@ __all__ = [
     "ProjectType",
     "VMStatus",
 ]
+
+# The shortest idle time before auto-sleep (0.6 s): below it a project would sleep between two
+# calls of one agent, and the sleeper would be asked to look ever more often.
+MIN_AUTO_SLEEP_MINUTES = 0.01
+# Validation context for settings read back from the database: rules added later repair what
+# older versions stored instead of making the project unreadable.
+STORED = {"stored": True}
 
 AGENT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -70,17 +87,42 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _check_environment(value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    """Names a shell can use, values an environment can hold: say which rule each breaks."""
+    if info.context == STORED:
+        return value  # the guest refuses what older versions let through, command by command
+    for name, text in value.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(
+                f"{name!r} is not a valid environment variable name: use letters, digits and "
+                "'_', not starting with a digit"
+            )
+        if "\x00" in text:
+            raise ValueError(
+                f"the value of {name} contains a NUL character, which no environment can hold; "
+                "remove it (or pass binary data through a file)"
+            )
+    return value
+
+
+# Environment variables as commands receive them; checked the same everywhere they enter.
+Environment = Annotated[dict[str, str], AfterValidator(_check_environment)]
+
+
 class ProjectSettings(_Model):
     """Per-project policy. Unknown keys are refused so a typo never silently does nothing."""
 
     auto_sleep_minutes: float = Field(
-        default=30, ge=0, description="stop the VM after this long without activity; 0 = never"
+        default=30,
+        ge=0,
+        description="put the VM to sleep after this long without activity (at least "
+        f"{MIN_AUTO_SLEEP_MINUTES}); 0 = never",
     )
     max_storage_gb: float = Field(default=10, gt=0, description="workspace size limit")
     allowed_tools: list[str] = Field(
         default_factory=list, description="MCP tools this project permits; empty = all"
     )
-    environment_variables: dict[str, str] = Field(
+    environment_variables: Environment = Field(
         default_factory=dict, description="set in every command's environment"
     )
     network: Literal["none", "egress"] = Field(
@@ -102,13 +144,28 @@ class ProjectSettings(_Model):
         default_factory=list,
         description="advisory: commands matching any of these shell patterns are refused",
     )
+    monthly_budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="on a metered driver (fly): warn (an event) at 80% of this month's "
+        "spending, and at 100% act as budget_action says; null = no budget",
+    )
+    budget_action: Literal["warn", "stop"] = Field(
+        default="warn",
+        description="at 100% of monthly_budget_usd: 'warn' only, or 'stop' the VM (any later "
+        "call that needs it starts it again, and is stopped again while over budget)",
+    )
 
-    @field_validator("environment_variables")
+    @field_validator("auto_sleep_minutes")
     @classmethod
-    def _names_are_valid(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"{name!r} is not a valid environment variable name")
+    def _sleep_is_never_or_real(cls, value: float, info: ValidationInfo) -> float:
+        if 0 < value < MIN_AUTO_SLEEP_MINUTES:
+            if info.context == STORED:
+                return MIN_AUTO_SLEEP_MINUTES  # saved before the minimum existed
+            raise ValueError(
+                f"auto_sleep_minutes={value:g} is too short to be useful: use 0 (never sleep) "
+                f"or at least {MIN_AUTO_SLEEP_MINUTES} minutes"
+            )
         return value
 
 

@@ -65,6 +65,13 @@ class EventsRepo:
         )
         return self._event(row) if row else None
 
+    async def project_ids(self) -> list[str]:
+        """Every project with events, deleted ones included (the audit trail outlives them)."""
+        rows = await self._db.fetchall(
+            "SELECT DISTINCT project_id FROM events WHERE project_id IS NOT NULL ORDER BY 1"
+        )
+        return [str(row[0]) for row in rows]
+
     async def last_id(self, project_id: str) -> int:
         row = await self._db.fetchone(
             "SELECT MAX(event_id) FROM events WHERE project_id = ?", (project_id,)

@@ -164,6 +164,20 @@ class ExecutionsRepo:
         )
         return [self._execution(row) for row in rows]
 
+    async def output_sizes(self, execution_ids: list[str]) -> dict[str, int]:
+        """Bytes of stored output (both streams) per execution, without reading the outputs."""
+        if not execution_ids:
+            return {}
+        marks = ", ".join("?" for _ in execution_ids)
+        rows = await self._db.fetchall(
+            f"""SELECT execution_id,
+                       COALESCE(length(CAST(output AS BLOB)), 0)
+                       + COALESCE(length(CAST(error_output AS BLOB)), 0) AS size
+                FROM project_executions WHERE execution_id IN ({marks})""",
+            execution_ids,
+        )
+        return {row["execution_id"]: int(row["size"]) for row in rows}
+
     async def unfinished(self) -> list[tuple[str, str | None]]:
         """(execution id, server id) of every execution queued or running."""
         rows = await self._db.fetchall(

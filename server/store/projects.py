@@ -7,7 +7,7 @@ from typing import Any
 
 import aiosqlite
 
-from server.domain.models import Project, ProjectSettings
+from server.domain.models import STORED, Project, ProjectSettings
 from server.store.database import Database, dt, required_dt, ts, utcnow
 
 __all__ = ["ProjectsRepo"]
@@ -108,7 +108,7 @@ class ProjectsRepo:
             created_at=required_dt(row["created_at"]),
             updated_at=required_dt(row["updated_at"]),
             last_activity_at=dt(row["last_activity_at"]),
-            settings=ProjectSettings.model_validate_json(row["settings"]),
+            settings=ProjectSettings.model_validate_json(row["settings"], context=STORED),
         )
 
     async def get(self, project_id: str) -> Project | None:

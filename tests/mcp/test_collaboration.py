@@ -329,3 +329,43 @@ async def test_fifty_agents_twenty_calls_each_all_recorded(
     assert len(records) == 1000
     assert Counter(r["agent_id"] for r in records) == dict.fromkeys(names, 20)
     assert all(r["status"] == "completed" for r in records)
+
+
+async def test_unsubscribing_ends_the_updates_of_that_feed_only(
+    team: dict[str, Client], url: str, tokens: dict[str, str]
+) -> None:
+    alice = team["alice"]
+    first = await shared_project(team)
+    second = await shared_project(team)
+    # Updates of one publisher pass go out in project id order: the test relies on it.
+    dropped, kept = sorted((first, second))
+    dropped_uri, kept_uri = f"project://{dropped}/events", f"project://{kept}/events"
+    heard: list[str] = []
+    heard_kept = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            heard.append(str(message.params.uri))
+            if str(message.params.uri) == kept_uri:
+                heard_kept.set()
+
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    headers = {"Authorization": f"Bearer {tokens['carol']}"}
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        Client(
+            streamable_http_client(url, http_client=http), mode="legacy", message_handler=on_message
+        ) as carol_legacy,
+    ):
+        for uri in (dropped_uri, kept_uri):
+            with pytest.warns(MCPDeprecationWarning):
+                await carol_legacy.subscribe_resource(uri)
+        with pytest.warns(MCPDeprecationWarning):
+            await carol_legacy.unsubscribe_resource(dropped_uri)
+        await call(alice, "write_file", project_id=dropped, path="a.txt", content="a")
+        await call(alice, "write_file", project_id=kept, path="b.txt", content="b")
+        with anyio.fail_after(30):
+            await heard_kept.wait()
+    assert dropped_uri not in heard, heard

@@ -134,3 +134,52 @@ async def test_event_pages_return_every_event_once_in_order_while_more_arrive(
     assert handle.state is not None
     stored = await handle.state.service.store.events.after(project_id, 0, 100_000)
     assert [e.event_id for e in stored if e.event_id <= seen[-1]] == seen
+
+
+async def test_a_history_page_with_outputs_stops_at_its_byte_budget(alice: Alice) -> None:
+    client, handle = alice
+    project_id = (await call(client, "create_project", name="big outputs"))["project_id"]
+    assert handle.state is not None
+    store = handle.state.service.store
+    megabyte = "o" * (1024 * 1024)
+    async with store.transaction():
+        for number in range(20):
+            now = utcnow()
+            execution = Execution(
+                execution_id=f"exe_big{number:03d}",
+                project_id=project_id,
+                agent_id="alice",
+                command=f"print {number}",
+                status=ExecutionStatus.COMPLETED,
+                exit_code=0,
+                output=megabyte,
+                queued_at=now,
+                started_at=now,
+                completed_at=now,
+            )
+            await store.executions.insert(execution, this_server_id())
+            await store.executions.finish(execution)
+    bare = await call(client, "get_execution_history", project_id=project_id, limit=50)
+    assert len(bare["executions"]) == 20
+    assert bare["has_more"] is False
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await call(
+            client,
+            "get_execution_history",
+            project_id=project_id,
+            limit=50,
+            include_output=True,
+            cursor=cursor,
+        )
+        pages += 1
+        outputs = sum(len(e["output"]) for e in page["executions"])
+        assert outputs <= handle.config.limits.max_history_page_bytes
+        seen.extend(e["execution_id"] for e in page["executions"])
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert seen == [f"exe_big{n:03d}" for n in reversed(range(20))]
+    assert pages == 3  # 8 MiB per page: 8 + 8 + 4

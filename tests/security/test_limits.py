@@ -127,33 +127,110 @@ async def test_the_storage_limit_stops_writes_and_commands(owner: Owner) -> None
 async def test_malformed_and_oversized_rpc_to_the_guest_is_survived(
     driver_config: ServerConfig,
 ) -> None:
-    drivers = DriverSet(DriverContext.for_data_dir(driver_config.data_dir))
+    drivers = DriverSet(DriverContext.for_data_dir(driver_config.data_dir), driver_config.drivers)
     driver = drivers.get(driver_config.driver)
     from tests.conformance.conftest import spec
 
-    created = await driver.create_project_vm(spec())
-    try:
+    async def exchange(lines: list[bytes]) -> list[dict[str, object]]:
         stream = await driver.open_channel(created.vm_id)
         reader = BufferedByteReceiveStream(stream)
-        garbage = [
-            b"\x00\xff\xfe not json at all\n",
-            b'{"jsonrpc": "2.0", "id": 1, "method": "fs.read", "params": {"path": ["x"]}}\n',
-            b'{"jsonrpc":"2.0","id":2,"method":"x","pad":"' + b"A" * (100 << 20) + b'"}\n',
-            b'{"jsonrpc": "2.0", "id": 3, "method": "exec.start", "params": {"command": ""}}\n',
-            b'{"jsonrpc": "2.0", "id": 4, "method": "hello"}\n',
-        ]
-        for line in garbage:
-            await stream.send(line)
-        answers = []
-        with anyio.fail_after(60):
-            while len(answers) < len(garbage):
-                answers.append(json.loads(await reader.receive_until(b"\n", 1 << 20)))
-        kinds = sorted(str(a.get("error", {}).get("data", {}).get("kind")) for a in answers)
-        assert kinds == sorted(
-            ["parse_error", "invalid_params", "request_too_large", "invalid_params", "None"]
+        try:
+            for line in lines:
+                await stream.send(line)
+            answers = []
+            with anyio.fail_after(60):
+                while len(answers) < len(lines):
+                    answers.append(json.loads(await reader.receive_until(b"\n", 1 << 20)))
+            return answers
+        finally:
+            await stream.aclose()
+
+    hello = b'{"jsonrpc": "2.0", "id": 4, "method": "hello"}\n'
+    created = await driver.create_project_vm(spec())
+    try:
+        answers = await exchange(
+            [
+                b"\x00\xff\xfe not json at all\n",
+                b'{"jsonrpc": "2.0", "id": 1, "method": "fs.read", "params": {"path": ["x"]}}\n',
+                b'{"jsonrpc": "2.0", "id": 3, "method": "exec.start", "params": {"command": ""}}\n',
+                hello,
+            ]
         )
+        kinds = sorted(str(a.get("error", {}).get("data", {}).get("kind")) for a in answers)
+        assert kinds == sorted(["parse_error", "invalid_params", "invalid_params", "None"])
         assert any(a.get("id") == 4 and "result" in a for a in answers)
-        await stream.aclose()
+        # 100 MiB in one request: a line channel answers request_too_large; a WebSocket channel
+        # (fly) closes with 1009 (message too big). Either way the guest answers the next hello.
+        oversized = b'{"jsonrpc":"2.0","id":2,"method":"x","pad":"' + b"A" * (100 << 20) + b'"}\n'
+        try:
+            [answer] = await exchange([oversized])
+            assert answer["error"]["data"]["kind"] == "request_too_large"
+        except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError):
+            pass
+        [answer] = await exchange([hello])
+        assert "result" in answer
     finally:
         await driver.destroy_project_vm(created.vm_id)
         await drivers.aclose()
+
+
+async def test_an_oversized_command_is_refused_and_audited_truncated(owner: Owner) -> None:
+    client, _, project_id = owner
+    huge = "echo " + "a" * 100_000
+    error = await call_error(client, "run_command", project_id=project_id, command=huge)
+    assert "over the limit of 65536" in error
+    assert "write_file" in error
+    history = await call(client, "get_execution_history", project_id=project_id)
+    [refused] = history["executions"]
+    assert refused["status"] == "failed"
+    assert refused["reason"].startswith("refused: the command line and its env are")
+    assert refused["command"].startswith("echo aaa")
+    assert "characters omitted" in refused["command"]
+    assert len(refused["command"]) < 1200
+
+
+async def test_an_oversized_env_counts_toward_the_command_limit(owner: Owner) -> None:
+    client, _, project_id = owner
+    error = await call_error(
+        client, "run_command", project_id=project_id, command="true", env={"BIG": "b" * 70_000}
+    )
+    assert "over the limit" in error
+
+
+async def test_concurrent_large_reads_wait_for_a_slot_and_server_memory_stays_bounded(
+    driver_config: ServerConfig,
+) -> None:
+    params = stdio_params(driver_config.data_dir, driver=driver_config.driver)
+    async with Client(params) as client:
+        project_id = (await call(client, "create_project", name="reads"))["project_id"]
+        try:
+            made = await call(
+                client,
+                "run_command",
+                project_id=project_id,
+                command="head -c 12000000 /dev/urandom | base64 -w 100 > big.txt",
+            )
+            assert made["exit_code"] == 0, made
+            [server_pid] = [
+                pid
+                for pid in processes_with(str(driver_config.data_dir))
+                if "server.cli" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+            ]
+            baseline = peak_rss_kib(server_pid)
+            one = await call(client, "read_file", project_id=project_id, path="big.txt")
+            single = peak_rss_kib(server_pid) - baseline
+            lengths: list[int] = []
+
+            async def read() -> None:
+                got = await call(client, "read_file", project_id=project_id, path="big.txt")
+                lengths.append(len(got["content"]))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(read)
+            together = peak_rss_kib(server_pid) - baseline
+        finally:
+            await call(client, "delete_project", project_id=project_id)
+    assert lengths == [len(one["content"])] * 8
+    # Two large reads are served at a time: eight at once cost about two reads' memory, not 8.
+    assert together < 4 * max(single, 1), f"one read: {single} KiB, eight: {together} KiB"

@@ -47,7 +47,7 @@ def test_local_is_available_everywhere_this_build_runs() -> None:
 @pytest.mark.parametrize(
     ("system", "environment", "expected"),
     [
-        ("Linux", None, ["firecracker", "docker", "local"]),
+        ("Linux", None, ["firecracker", "qemu", "docker", "local"]),
         ("Darwin", None, ["lima", "docker"]),
         ("Windows", None, ["docker"]),
         ("Linux", "production", ["fly"]),

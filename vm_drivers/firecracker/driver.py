@@ -464,6 +464,12 @@ class FirecrackerDriver(ClosingDriver):
                 record.model_copy(update={"state": "suspended", "snapshot": snapshot})
             )
 
+    def suspended_bytes(self, vm_id: str) -> int:
+        directory = self.records.snapshot_dir(vm_id)
+        if not directory.is_dir():
+            return 0
+        return sum(path.stat().st_blocks * 512 for path in directory.iterdir() if path.is_file())
+
     async def resume_project_vm(self, vm_id: str) -> None:
         """Resume a suspended VM from its snapshot (a fresh VMM), or boot a stopped one."""
         await self.start_project_vm(vm_id)

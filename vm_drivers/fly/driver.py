@@ -35,6 +35,7 @@ from vm_drivers.base import (
     LABEL_PROJECT,
     LABEL_VM,
     Availability,
+    Billing,
     DriverContext,
     VMCreationResult,
     VMDriver,
@@ -492,6 +493,23 @@ class FlyDriver(ClosingDriver):
             async with self.ops.lease(app, machine.id) as nonce:
                 await self.ops.stop(app, machine, nonce)
 
+    def billing(self, spec: VMSpec) -> Billing:
+        """Fly bills a Machine by its guest size per second started, and its volume by size."""
+        cpus = spec.cpus or self.config.cpus
+        memory_mb = spec.memory_mb or self.config.memory_mb
+        guest = guest_for(cpus, memory_mb, self.config.cpu_kind)
+        return Billing(
+            plan="fly",
+            guest=preset_name(guest),
+            cpus=guest.cpus,
+            memory_mb=guest.memory_mb,
+            volume_gb=max(1, math.ceil(spec.disk_gb or self.config.disk_gb)),
+        )
+
+    def suspended_bytes(self, vm_id: str) -> int:
+        """Fly keeps a suspended Machine's memory on its side: nothing on this host."""
+        return 0
+
     async def suspend_project_vm(self, vm_id: str) -> None:
         """Sleep keeping memory (Fly ``suspend``); where Fly refuses, a plain stop."""
         async with self._lock(vm_id):
@@ -698,6 +716,9 @@ class FlyDriver(ClosingDriver):
                 "region": self.config.region,
                 "image": self.config.image,
                 "apps": str(len(ours)),
+                # Said where an operator looks: a project's network "none" cannot be kept here.
+                "network": "always egress: Fly Machines reach the internet, so a project's "
+                "network 'none' is not enforced on fly",
             },
         )
 

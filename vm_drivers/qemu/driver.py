@@ -648,10 +648,15 @@ class QemuDriver(ClosingDriver):
             return Availability(driver=self.name, usable=False, reason=str(err))
         version = await anyio.run_process([qemu, "--version"], check=False)
         first_line = version.stdout.decode(errors="replace").splitlines()[:1]
+        emulated = accel.accel == "tcg"
         return Availability(
             driver=self.name,
             usable=True,
-            reason=f"QEMU microvm with {accel.accel.upper()}",
+            reason=f"QEMU microvm with {accel.accel.upper()}"
+            + (
+                " (emulated, slow: used only when asked for with --driver qemu)" if emulated else ""
+            ),
+            automatic=not emulated,
             details={
                 "qemu": f"{qemu} ({first_line[0] if first_line else 'unknown version'})",
                 "accel": accel.accel,
@@ -711,6 +716,12 @@ class QemuDriver(ClosingDriver):
             await self._power_off(vm_id, pid, graceful=False)
             self._cleanup_runtime(vm_id)
             self._set_state(record, "suspended")
+
+    def suspended_bytes(self, vm_id: str) -> int:
+        try:
+            return self.suspend_file(vm_id).stat().st_blocks * 512
+        except (FileNotFoundError, VMNotFound):
+            return 0
 
     async def resume_project_vm(self, vm_id: str) -> None:
         """Boot the VM from its suspend file: its processes carry on where they were."""

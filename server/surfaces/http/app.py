@@ -1,39 +1,53 @@
-"""The HTTP app: MCP at ``/mcp`` behind per-agent bearer tokens, Host/Origin checks on."""
+"""The HTTP app: MCP at ``/mcp`` and the REST API and WebSockets at ``/api/v1``, one port.
+
+Both behind the same per-agent bearer tokens (``Authenticate``) and the same Host/Origin
+policy. The MCP app owns the server's lifespan (the service); the REST app reaches the service
+through it.
+"""
 
 from __future__ import annotations
 
-from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp
+from collections.abc import Sequence
 
-from server.surfaces.http.auth import BearerAuth
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.core.service import ProjectService
+from server.surfaces.http.auth import (
+    Authenticate,
+    Authenticator,
+    BearerTokens,
+    CredentialSource,
+    send_json,
+)
+from server.surfaces.http.hosts import HostPolicy
+from server.surfaces.http.request_ids import UniqueRequestIds
+from server.surfaces.http.rest.app import PUBLIC_PATHS, build_rest_app
+from server.surfaces.http.rest.routes import API_PREFIX
 from server.surfaces.mcp.server import ServerHandle
 
-__all__ = ["MCP_PATH", "build_http_app"]
+__all__ = ["API_PREFIX", "HEALTH_PATH", "MCP_PATH", "build_http_app"]
 
 MCP_PATH = "/mcp"
-
-
-def _security(host: str, extra_hosts: list[str]) -> TransportSecuritySettings:
-    """Accept only our own Host names: blocks DNS-rebinding from web pages."""
-    hosts = {"127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]"}
-    hosts.update(extra_hosts)
-    allowed = sorted(f"{h}:*" if ":" not in h.rsplit("]", 1)[-1] else h for h in hosts)
-    allowed += sorted(hosts)  # some clients omit the port
-    origins = [f"http://{h}" for h in allowed] + [f"https://{h}" for h in allowed]
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=allowed, allowed_origins=origins
-    )
+HEALTH_PATH = "/healthz"
 
 
 def build_http_app(
-    handle: ServerHandle, host: str, allowed_hosts: list[str] | None = None
+    handle: ServerHandle,
+    host: str,
+    allowed_hosts: list[str] | None = None,
+    *,
+    credential_sources: Sequence[CredentialSource] = (),
 ) -> ASGIApp:
+    """``credential_sources``: more ways to authenticate after the bearer token (the
+    dashboard's session cookie)."""
+    hosts = HostPolicy.for_bind(host, allowed_hosts)
     # A write_file call carries its content base64- or JSON-encoded: leave room for that.
     largest_file = handle.config.limits.max_file_bytes
+    largest_body = largest_file * 4 // 3 + 1024 * 1024
     mcp_app = handle.mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
-        transport_security=_security(host, allowed_hosts or []),
-        max_request_body_size=largest_file * 4 // 3 + 1024 * 1024,
+        transport_security=hosts.mcp_settings(),
+        max_request_body_size=largest_body,
     )
 
     async def resolve(token: str) -> str | None:
@@ -41,4 +55,21 @@ def build_http_app(
             return None
         return await handle.state.service.agents.resolve(token)
 
-    return BearerAuth(mcp_app, resolve)
+    def service() -> ProjectService | None:
+        return handle.state.service if handle.state is not None else None
+
+    authenticator = Authenticator(BearerTokens(resolve), credential_sources)
+    rest_app = build_rest_app(service, authenticator, hosts)
+    # A JSON-RPC id already in flight in the session is refused before the SDK sees it.
+    mcp_guarded = UniqueRequestIds(mcp_app, MCP_PATH, largest_body)
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path == HEALTH_PATH:
+            await send_json(send, 200, b'{"status":"ok"}', [])
+        elif scope["type"] in ("http", "websocket") and path.startswith(API_PREFIX + "/"):
+            await rest_app(scope, receive, send)
+        else:
+            await mcp_guarded(scope, receive, send)
+
+    return Authenticate(dispatch, authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS})

@@ -16,9 +16,10 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 
 from guest_runtime.errors import ProjectVMError
+from server.core.caller import Caller
 from server.domain.operations import Operation
-from server.surfaces.mcp.identity import AppState, caller_of
-from server.surfaces.mcp.resources import project_of
+from server.surfaces.mcp.identity import AppState, identify
+from server.surfaces.mcp.resources import LISTENING_AS, project_of
 
 __all__ = ["listen_guard"]
 
@@ -34,14 +35,24 @@ def _listened_uris(params: Mapping[str, Any] | None) -> list[str]:
 async def listen_guard(
     ctx: ServerRequestContext[AppState, Any], call_next: CallNext
 ) -> HandlerResult:
-    if ctx.method == "subscriptions/listen" and ctx.request_id is not None:
-        for uri in _listened_uris(ctx.params):
-            project_id = project_of(uri)
-            if project_id is None:
-                continue  # not ours: the SDK honours only what it serves
-            try:
-                state, caller = caller_of(ctx, Operation.GET_EVENTS)
-                await state.service.gate.admit(caller, project_id)
-            except (ProjectVMError, ToolError) as err:
-                raise MCPError(INVALID_PARAMS, f"cannot listen to {uri}: {err}") from err
-    return await call_next(ctx)
+    if ctx.method != "subscriptions/listen" or ctx.request_id is None:
+        return await call_next(ctx)
+    try:
+        state, agent = identify(ctx)
+    except ToolError as err:
+        raise MCPError(INVALID_PARAMS, str(err)) from err
+    for uri in _listened_uris(ctx.params):
+        project_id = project_of(uri)
+        if project_id is None:
+            continue  # not ours: the SDK honours only what it serves
+        try:
+            caller = Caller(agent, state.transport, Operation.GET_EVENTS)
+            await state.service.gate.admit(caller, project_id)
+        except ProjectVMError as err:
+            raise MCPError(INVALID_PARAMS, f"cannot listen to {uri}: {err}") from err
+    # The listen handler subscribes within this call: the bus learns who listens from here.
+    token = LISTENING_AS.set((state, agent))
+    try:
+        return await call_next(ctx)
+    finally:
+        LISTENING_AS.reset(token)

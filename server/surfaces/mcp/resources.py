@@ -8,22 +8,35 @@ feed changed and reads it (with its own access checked) to see *what* changed.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
+import anyio.lowlevel
 import mcp.types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
+from mcp.server.subscriptions import ResourceUpdated, ServerEvent
 
 from guest_runtime.errors import ProjectVMError
+from server.core.caller import Caller
 from server.core.hub import Publisher
 from server.domain.errors import NotFound
 from server.domain.operations import Operation
 from server.surfaces.mcp.identity import AppState, caller_of
 
-__all__ = ["EVENTS_URI", "project_of", "register_resources"]
+__all__ = [
+    "EVENTS_URI",
+    "LISTENING_AS",
+    "CheckedSubscriptionBus",
+    "project_of",
+    "register_resources",
+]
+
+log = logging.getLogger("projectvm.resources")
 
 EVENTS_URI = "project://{project_id}/events"
 PREFIX, SUFFIX = "project://", "/events"
@@ -42,11 +55,72 @@ def project_of(uri: str) -> str | None:
     return None
 
 
-def register_resources(mcp: MCPServer, bus: InMemorySubscriptionBus) -> Publisher:
+def connection_of(session: ServerSession) -> object:
+    """What stays the same across one client session's requests (the SDK builds a new
+    ServerSession for each request; the connection beneath is the session's own)."""
+    return getattr(session, "_connection", session)
+
+
+async def may_read_events(state: AppState, agent_id: str, project_id: str) -> bool:
+    """Whether ``agent_id`` may read the project's feed now (checked again at every delivery:
+    a member removed, or a project that excluded get_events since, hears nothing more)."""
+    caller = Caller(agent_id, state.transport, Operation.GET_EVENTS)
+    try:
+        await state.service.gate.policy.admit(caller, project_id)
+    except ProjectVMError:
+        return False
+    return True
+
+
+Listener = Callable[[ServerEvent], None]
+
+# Set by the listen guard while the SDK's listen handler subscribes: who the new listener is.
+LISTENING_AS: ContextVar[tuple[AppState, str] | None] = ContextVar(
+    "projectvm_listening_as", default=None
+)
+
+
+class CheckedSubscriptionBus:
+    """The ``subscriptions/listen`` fan-out (the SDK's SubscriptionBus seam), which delivers a
+    project's feed updates only to listeners whose agent may read that feed at that moment."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[object, tuple[Listener, tuple[AppState, str] | None]] = {}
+
+    async def publish(self, event: ServerEvent) -> None:
+        project_id = project_of(event.uri) if isinstance(event, ResourceUpdated) else None
+        verdicts: dict[str, bool] = {}
+        for listener, who in list(self._listeners.values()):
+            if project_id is not None:
+                if who is None:
+                    continue  # a listener of unknown identity hears no project's feed
+                state, agent = who
+                if agent not in verdicts:
+                    verdicts[agent] = await may_read_events(state, agent, project_id)
+                if not verdicts[agent]:
+                    continue
+            try:
+                listener(event)
+            except Exception:  # one broken stream must not starve the others
+                log.exception("a subscription listener failed; continuing")
+        await anyio.lowlevel.checkpoint()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        token = object()
+        self._listeners[token] = (listener, LISTENING_AS.get())
+
+        def unsubscribe() -> None:
+            self._listeners.pop(token, None)
+
+        return unsubscribe
+
+
+def register_resources(mcp: MCPServer, bus: CheckedSubscriptionBus) -> Publisher:
     """Register the event feed; returns the publisher to call when a project's feed grows."""
     # Sessions that asked for updates (and the agent each acts as), per URI. The SDK cannot
     # tell us when a session ends, so each URI keeps its most recent subscribers only.
-    legacy: dict[str, OrderedDict[ServerSession, tuple[AppState, str]]] = {}
+    # Keyed by the session's connection: the SDK makes a ServerSession per request.
+    legacy: dict[str, OrderedDict[object, tuple[ServerSession, AppState, str]]] = {}
 
     @mcp.resource(
         EVENTS_URI,
@@ -81,8 +155,9 @@ def register_resources(mcp: MCPServer, bus: InMemorySubscriptionBus) -> Publishe
         except ProjectVMError as err:
             raise ResourceError(str(err)) from err
         subscribers = legacy.setdefault(uri, OrderedDict())
-        subscribers[ctx.session] = (state, caller.agent_id)
-        subscribers.move_to_end(ctx.session)
+        key = connection_of(ctx.session)
+        subscribers[key] = (ctx.session, state, caller.agent_id)
+        subscribers.move_to_end(key)
         while len(subscribers) > MAX_LEGACY_SUBSCRIBERS:
             subscribers.popitem(last=False)
         return types.EmptyResult()
@@ -90,7 +165,7 @@ def register_resources(mcp: MCPServer, bus: InMemorySubscriptionBus) -> Publishe
     async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         subscribers = legacy.get(str(params.uri))
         if subscribers is not None:
-            subscribers.pop(ctx.session, None)
+            subscribers.pop(connection_of(ctx.session), None)
         return types.EmptyResult()
 
     # MCPServer has no public hook for the 2025 protocol's resources/subscribe.
@@ -104,11 +179,11 @@ def register_resources(mcp: MCPServer, bus: InMemorySubscriptionBus) -> Publishe
         uri = events_uri(project_id)
         await bus.publish(ResourceUpdated(uri=uri))
         subscribers = legacy.get(uri, OrderedDict())
-        for session, (state, agent) in list(subscribers.items()):
+        for key, (session, state, agent) in list(subscribers.items()):
             # Access is checked again at delivery: a member removed since subscribing hears
             # nothing more, and its subscription ends.
-            if await state.service.store.members.level(project_id, agent) is None:
-                subscribers.pop(session, None)
+            if not await may_read_events(state, agent, project_id):
+                subscribers.pop(key, None)
                 continue
             await session.send_resource_updated(uri)
 

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from server import __version__
 from server.core.hub import Publisher
@@ -16,7 +15,8 @@ from server.core.service import open_service
 from server.domain.config import ServerConfig
 from server.surfaces.mcp.identity import AppState, Transport
 from server.surfaces.mcp.middleware import listen_guard
-from server.surfaces.mcp.resources import register_resources
+from server.surfaces.mcp.request_ids import unique_request_ids
+from server.surfaces.mcp.resources import CheckedSubscriptionBus, register_resources
 from server.surfaces.mcp.tools import register_tools
 
 __all__ = ["ServerHandle", "build_server", "default_user"]
@@ -50,7 +50,7 @@ class ServerHandle:
 def build_server(config: ServerConfig, *, transport: Transport, agent: str | None) -> ServerHandle:
     """An MCP server whose tools act as ``agent`` (stdio, memory) or as each token's agent."""
     handle: ServerHandle
-    bus = InMemorySubscriptionBus()
+    bus = CheckedSubscriptionBus()
     publish: Publisher
 
     @asynccontextmanager
@@ -73,7 +73,7 @@ def build_server(config: ServerConfig, *, transport: Transport, agent: str | Non
         lifespan=lifespan,
         log_level="WARNING",
         subscriptions=bus,
-        middleware=[listen_guard],
+        middleware=[unique_request_ids, listen_guard],
     )
     register_tools(mcp)
     publish = register_resources(mcp, bus)

@@ -1,0 +1,163 @@
+"""The messages of the project WebSocket (subprotocol ``projectvm.v1``), typed.
+
+Every message is a JSON object with a ``stream`` (what it is about: ``events``, ``execution``;
+terminals will be another stream) and a ``type`` (what it says). A client message may carry an
+``id``; the answer to it (``ack`` or ``error``) repeats it. Several streams share one socket.
+
+Client to server::
+
+    {"stream": "events", "type": "subscribe", "since_id": 0}
+    {"stream": "events", "type": "unsubscribe"}
+    {"stream": "execution", "type": "subscribe", "execution_id": "exe_..", "since": 0}
+    {"stream": "execution", "type": "unsubscribe", "execution_id": "exe_.."}
+    {"stream": "execution", "type": "run", "command": "make test", "keep_stdin_open": false}
+    {"stream": "execution", "type": "stdin", "execution_id": "exe_..", "data": "y\\n"}
+    {"stream": "execution", "type": "cancel", "execution_id": "exe_.."}
+    {"stream": "session", "type": "ping"}
+
+Server to client::
+
+    {"stream": "session", "type": "hello", "agent_id": .., "project_id": .., "streams": [..]}
+    {"stream": "events", "type": "event", "event": {"event_id": 41, "kind": .., ...}}
+    {"stream": "execution", "type": "output", "execution_id": .., "stdout": .., "stderr": ..,
+     "next_since": 7}
+    {"stream": "execution", "type": "exit", "execution_id": .., "status": .., "exit_code": 0}
+    {"stream": .., "type": "ack", "id": .., "result": {..}}
+    {"stream": .., "type": "error", "id": .., "problem": {RFC 9457 problem details}}
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "PROTOCOL",
+    "ClientMessage",
+    "EventsSubscribe",
+    "ExecutionCancel",
+    "ExecutionRun",
+    "ExecutionStdin",
+    "ExecutionSubscribe",
+    "Ping",
+    "StreamUnsubscribe",
+    "protocol_summary",
+]
+
+PROTOCOL = "projectvm.v1"
+
+
+class ClientMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream: str
+    type: str
+    id: Annotated[
+        str | int | None, Field(description="echoed in the ack or error that answers it")
+    ] = None
+
+
+class Ping(ClientMessage):
+    """Answered with a pong: a round trip through the server."""
+
+    stream: Literal["session"] = "session"
+    type: Literal["ping"]
+
+
+class EventsSubscribe(ClientMessage):
+    """Receive the project's events after ``since_id``: the stored ones first, then each new
+    one as it happens, every one exactly once and in order. Reconnect with the last
+    ``event_id`` you saw to resume without a gap."""
+
+    stream: Literal["events"]
+    type: Literal["subscribe"]
+    since_id: Annotated[int, Field(ge=0)] = 0
+
+
+class StreamUnsubscribe(ClientMessage):
+    """Stop receiving a stream (for ``execution``, the one ``execution_id`` names)."""
+
+    type: Literal["unsubscribe"]
+    execution_id: str | None = None
+
+
+class ExecutionSubscribe(ClientMessage):
+    """Receive an execution's output after cursor ``since`` as it comes, then its exit."""
+
+    stream: Literal["execution"]
+    type: Literal["subscribe"]
+    execution_id: str
+    since: Annotated[int, Field(ge=0)] = 0
+
+
+class ExecutionRun(ClientMessage):
+    """Run a command (run_command without waiting); its output follows on this socket."""
+
+    stream: Literal["execution"]
+    type: Literal["run"]
+    command: str
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    timeout_s: float | None = None
+    keep_stdin_open: bool = False
+
+
+class ExecutionStdin(ClientMessage):
+    """Write to a running command's stdin (send_input)."""
+
+    stream: Literal["execution"]
+    type: Literal["stdin"]
+    execution_id: str
+    data: str
+    eof: bool = False
+
+
+class ExecutionCancel(ClientMessage):
+    """Cancel a queued or running command (cancel_execution)."""
+
+    stream: Literal["execution"]
+    type: Literal["cancel"]
+    execution_id: str
+
+
+def protocol_summary() -> str:
+    """The protocol, as HTML for the API docs page."""
+    messages: list[type[ClientMessage]] = [
+        EventsSubscribe,
+        ExecutionSubscribe,
+        ExecutionRun,
+        ExecutionStdin,
+        ExecutionCancel,
+        StreamUnsubscribe,
+        Ping,
+    ]
+    rows = []
+    for model in messages:
+        fields = model.model_fields
+        stream = fields["stream"].default if fields["stream"].default else "events | execution"
+        kind = fields["type"].annotation
+        kind_name = getattr(kind, "__args__", ("",))[0]
+        extra = ", ".join(name for name in fields if name not in ("stream", "type", "id"))
+        rows.append(
+            f"<tr><td><code>{escape(str(stream))}</code></td><td><code>{escape(kind_name)}"
+            f"</code></td><td>{escape(extra)}</td><td>{escape(model.__doc__ or '')}</td></tr>"
+        )
+    return (
+        "<p>Connect to <code>/api/v1/projects/{project_id}/ws</code> offering the "
+        f"subprotocols <code>{PROTOCOL}</code> and <code>bearer.&lt;token&gt;</code> (or "
+        "<code>ticket.&lt;ticket&gt;</code> from <code>POST /api/v1/ws-tickets</code>, "
+        "single-use, valid 30 s): the token never goes in a URL. The server echoes only "
+        f"<code>{PROTOCOL}</code>. A page of another site is refused (its Origin). Every "
+        "message is JSON with a <code>stream</code> and a <code>type</code>; access is "
+        "checked for each, and a member removed while connected is disconnected (close code "
+        "4403) with the reason.</p><table><tr><th>stream</th><th>type</th><th>fields</th>"
+        f"<th></th></tr>{''.join(rows)}</table><p>The server sends <code>hello</code> first, "
+        "then <code>event</code>, <code>output</code>, <code>exit</code>, <code>ack</code>, "
+        "<code>error</code> (with an RFC 9457 problem) and <code>pong</code> messages.</p>"
+    )
+
+
+def server_message(stream: str, type_: str, **fields: Any) -> dict[str, Any]:
+    return {"stream": stream, "type": type_, **fields}

@@ -1,0 +1,376 @@
+"""One open project WebSocket: its subscriptions, its writer, and the guard on its access.
+
+Every client message is served by an operation of the core as the connected agent, on the
+``websocket`` surface, so each is checked by the policy when it arrives. Subscriptions are
+long-polls of those operations (``get_events``, ``read_command_output``): each round re-admits
+the agent, replays what the store has after the cursor, then waits on the hub for more. A
+guard re-checks membership at every change of the project; an agent removed while connected
+gets nothing more and the socket is closed with the reason (code 4403).
+
+Streams are a table (:data:`STREAMS`): a terminal is one more stream with its own messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+from pydantic import BaseModel, ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from guest_runtime.errors import ProjectVMError
+from server.core.caller import Caller
+from server.core.requests import (
+    CancelExecution,
+    GetEvents,
+    ReadCommandOutput,
+    RunCommand,
+    SendInput,
+)
+from server.core.requests import Request as OperationRequest
+from server.core.results import CommandOutput, CommandResult, EventsResult
+from server.core.service import ProjectService
+from server.domain.errors import AccessDenied, NotFound
+from server.domain.operations import Operation
+from server.surfaces.http.problems import Problem, problem_of
+from server.surfaces.http.ws.messages import (
+    ClientMessage,
+    EventsSubscribe,
+    ExecutionCancel,
+    ExecutionRun,
+    ExecutionStdin,
+    ExecutionSubscribe,
+    Ping,
+    StreamUnsubscribe,
+    server_message,
+)
+
+__all__ = ["CLOSE_REMOVED", "STREAMS", "Session", "StreamKind"]
+
+log = logging.getLogger("projectvm.ws")
+
+CLOSE_REMOVED = 4403
+# One round of a subscription's long-poll; then it re-admits and waits again.
+POLL_WAIT_S = 25.0
+EVENTS_PER_ROUND = 500
+OUTBOX_SIZE = 256
+
+
+class StreamKind(Protocol):
+    """What a stream does with the client messages addressed to it."""
+
+    async def handle(self, session: Session, message: dict[str, Any]) -> None: ...
+
+
+class Session:
+    def __init__(
+        self, websocket: WebSocket, service: ProjectService, agent_id: str, project_id: str
+    ) -> None:
+        self.websocket = websocket
+        self.service = service
+        self.agent_id = agent_id
+        self.project_id = project_id
+        self._send, self._outbox = anyio.create_memory_object_stream[dict[str, Any]](OUTBOX_SIZE)
+        self._subscriptions: dict[tuple[str, str], anyio.CancelScope] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+        # Held while a message is written; once closing, nothing more is.
+        self._writing = anyio.Lock()
+        self._closing = False
+
+    # -- what streams use ---------------------------------------------------------------------
+
+    def caller(self, operation: Operation) -> Caller:
+        return Caller(self.agent_id, "websocket", operation)
+
+    async def call(self, operation: Operation, request: OperationRequest) -> BaseModel:
+        return await self.service.call(self.caller(operation), request)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self._send.send(message)
+
+    async def reply(self, message: ClientMessage, result: BaseModel | None = None) -> None:
+        fields: dict[str, Any] = {"id": message.id}
+        if result is not None:
+            fields["result"] = result.model_dump(mode="json")
+        await self.send(server_message(message.stream, "ack", **fields))
+
+    async def refuse(
+        self, stream: str, problem: Problem, message_id: str | int | None = None
+    ) -> None:
+        body = problem.body()
+        await self.send(server_message(stream, "error", id=message_id, problem=body))
+
+    def subscribe(self, stream: str, key: str, follow: Callable[[], Awaitable[None]]) -> None:
+        """Start following ``(stream, key)``, replacing an earlier subscription to it."""
+        self.unsubscribe(stream, key)
+        scope = anyio.CancelScope()
+        self._subscriptions[(stream, key)] = scope
+
+        async def run() -> None:
+            with scope:
+                try:
+                    await follow()
+                except ProjectVMError as err:
+                    await self.refuse(stream, problem_of(err))
+            if self._subscriptions.get((stream, key)) is scope:
+                del self._subscriptions[(stream, key)]
+
+        assert self._group is not None
+        self._group.start_soon(run)
+
+    def unsubscribe(self, stream: str, key: str) -> bool:
+        scope = self._subscriptions.pop((stream, key), None)
+        if scope is not None:
+            scope.cancel()
+        return scope is not None
+
+    # -- the connection -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until the client leaves or loses access."""
+        async with self._send, anyio.create_task_group() as group:
+            self._group = group
+            group.start_soon(self._write)
+            group.start_soon(self._guard)
+            await self.send(
+                server_message(
+                    "session",
+                    "hello",
+                    agent_id=self.agent_id,
+                    project_id=self.project_id,
+                    streams=sorted(STREAMS),
+                )
+            )
+            try:
+                await self._read()
+            finally:
+                group.cancel_scope.cancel()
+
+    async def _write(self) -> None:
+        try:
+            async with self._outbox:
+                async for message in self._outbox:
+                    async with self._writing:
+                        if self._closing:
+                            return
+                        await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client is gone
+        assert self._group is not None
+        self._group.cancel_scope.cancel()
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                text = await self.websocket.receive_text()
+            except (WebSocketDisconnect, KeyError, RuntimeError):
+                return  # gone (a binary frame is not our protocol either)
+            await self._dispatch(text)
+
+    async def _dispatch(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+            if not isinstance(message, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            await self.refuse("session", _bad("a message must be a JSON object"))
+            return
+        stream = message.get("stream")
+        kind = STREAMS.get(stream) if isinstance(stream, str) else None
+        message_id = message.get("id") if isinstance(message.get("id"), str | int) else None
+        if kind is None:
+            known = ", ".join(sorted(STREAMS))
+            problem = _bad(f"unknown stream {stream!r}; the streams are {known}")
+            await self.refuse("session", problem, message_id)
+            return
+        try:
+            await kind.handle(self, message)
+        except ValidationError as err:
+            listed = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                for e in err.errors(include_url=False)
+            )
+            problem = _bad(f"invalid {stream} message: {listed}; see /api/v1/docs#websocket")
+            await self.refuse(str(stream), problem, message_id)
+        except ProjectVMError as err:
+            await self.refuse(str(stream), problem_of(err), message_id)
+
+    async def _guard(self) -> None:
+        """Close the socket as soon as the agent may no longer read the project."""
+        gate, hub = self.service.gate, self.service.hub
+        while True:
+            changed = hub.changed(self.project_id)
+            try:
+                await gate.admit(self.caller(Operation.GET_EVENTS), self.project_id)
+            except (NotFound, AccessDenied) as err:
+                await self._close(CLOSE_REMOVED, err)
+                return
+            await changed.wait()
+
+    async def _close(self, code: int, err: ProjectVMError) -> None:
+        """Stop every stream, say why (in full, then as the close frame's short reason), and
+        close; nothing queued before is sent any more."""
+        for stream, key in list(self._subscriptions):
+            self.unsubscribe(stream, key)
+        fatal = server_message("session", "error", problem=problem_of(err).body(), fatal=True)
+        reason = f"no access to project {self.project_id} any more"
+        async with self._writing:
+            self._closing = True
+            with anyio.move_on_after(5), contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self.websocket.send_text(json.dumps(fatal))
+                await self.websocket.close(code, reason)
+        assert self._group is not None
+        self._group.cancel_scope.cancel()
+
+
+def _bad(detail: str) -> Problem:
+    return Problem(400, "invalid-message", "Invalid message", detail)
+
+
+# -- the streams ------------------------------------------------------------------------------
+
+
+class SessionStream:
+    """``ping`` -> ``pong``."""
+
+    async def handle(self, session: Session, message: dict[str, Any]) -> None:
+        ping = Ping.model_validate(message)
+        await session.send(server_message("session", "pong", id=ping.id))
+
+
+class EventsStream:
+    async def handle(self, session: Session, message: dict[str, Any]) -> None:
+        if message.get("type") == "unsubscribe":
+            request = StreamUnsubscribe.model_validate(message)
+            session.unsubscribe("events", "")
+            await session.reply(request)
+            return
+        subscribe = EventsSubscribe.model_validate(message)
+        # The first round is made here, so a refusal answers this message.
+        first = await self._round(session, subscribe.since_id, wait_s=0)
+
+        async def follow() -> None:
+            since = await self._deliver(session, first)
+            while True:
+                result = await self._round(session, since, POLL_WAIT_S)
+                since = await self._deliver(session, result)
+
+        await session.reply(subscribe)
+        session.subscribe("events", "", follow)
+
+    @staticmethod
+    async def _round(session: Session, since_id: int, wait_s: float) -> EventsResult:
+        request = GetEvents(
+            project_id=session.project_id,
+            since_id=since_id,
+            wait_s=wait_s,
+            limit=EVENTS_PER_ROUND,
+        )
+        result = await session.call(Operation.GET_EVENTS, request)
+        assert isinstance(result, EventsResult)
+        return result
+
+    @staticmethod
+    async def _deliver(session: Session, result: EventsResult) -> int:
+        for event in result.events:
+            fields = {"event": event.model_dump(mode="json")}
+            await session.send(server_message("events", "event", **fields))
+        return result.last_event_id
+
+
+class ExecutionStream:
+    async def handle(self, session: Session, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            subscribe = ExecutionSubscribe.model_validate(message)
+            await self._follow(session, subscribe, subscribe.execution_id, subscribe.since)
+        elif kind == "unsubscribe":
+            leave = StreamUnsubscribe.model_validate(message)
+            session.unsubscribe("execution", leave.execution_id or "")
+            await session.reply(leave)
+        elif kind == "run":
+            run = ExecutionRun.model_validate(message)
+            fields = run.model_dump(exclude={"stream", "type", "id"})
+            start = RunCommand(project_id=session.project_id, wait_s=0, **fields)
+            result = await session.call(Operation.RUN_COMMAND, start)
+            assert isinstance(result, CommandResult)
+            await self._follow(session, run, result.execution_id, 0, result)
+        elif kind == "stdin":
+            stdin = ExecutionStdin.model_validate(message)
+            sent = SendInput(execution_id=stdin.execution_id, data=stdin.data, eof=stdin.eof)
+            await session.call(Operation.SEND_INPUT, sent)
+            await session.reply(stdin)  # the output follows on the execution's subscription
+        elif kind == "cancel":
+            cancel = ExecutionCancel.model_validate(message)
+            stop = CancelExecution(execution_id=cancel.execution_id)
+            await session.reply(cancel, await session.call(Operation.CANCEL_EXECUTION, stop))
+        else:
+            raise _bad(f"unknown execution message type {kind!r}; see /api/v1/docs#websocket")
+
+    async def _follow(
+        self,
+        session: Session,
+        message: ClientMessage,
+        execution_id: str,
+        since: int,
+        started: CommandResult | None = None,
+    ) -> None:
+        first = await self._round(session, execution_id, since, wait_s=0)
+
+        async def follow() -> None:
+            piece = first
+            while True:
+                await self._deliver(session, execution_id, piece)
+                if piece.finished:
+                    return
+                piece = await self._round(session, execution_id, piece.next_since, POLL_WAIT_S)
+
+        await session.reply(message, started)
+        session.subscribe("execution", execution_id, follow)
+
+    @staticmethod
+    async def _round(
+        session: Session, execution_id: str, since: int, wait_s: float
+    ) -> CommandOutput:
+        request = ReadCommandOutput(execution_id=execution_id, since=since, wait_s=wait_s)
+        result = await session.call(Operation.READ_COMMAND_OUTPUT, request)
+        assert isinstance(result, CommandOutput)
+        return result
+
+    @staticmethod
+    async def _deliver(session: Session, execution_id: str, piece: CommandOutput) -> None:
+        if piece.stdout or piece.stderr:
+            await session.send(
+                server_message(
+                    "execution",
+                    "output",
+                    execution_id=execution_id,
+                    stdout=piece.stdout,
+                    stderr=piece.stderr,
+                    next_since=piece.next_since,
+                )
+            )
+        if piece.finished:
+            await session.send(
+                server_message(
+                    "execution",
+                    "exit",
+                    execution_id=execution_id,
+                    status=piece.status,
+                    exit_code=piece.exit_code,
+                    reason=piece.reason,
+                    next_since=piece.next_since,
+                )
+            )
+
+
+STREAMS: dict[str, StreamKind] = {
+    "session": SessionStream(),
+    "events": EventsStream(),
+    "execution": ExecutionStream(),
+}
