@@ -176,6 +176,19 @@ TEST_IMAGES = Path(os.environ.get("PROJECTVM_TEST_IMAGES", "/var/tmp/projectvm-t
 
 
 @pytest.fixture(scope="session")
+def rootfs_tree() -> Path:
+    """The runtime image's Debian tree (the minimal template), shared by every test run on the
+    machine: the local sandbox's root in its image mode; skips with the reason if this host
+    cannot build it."""
+    from tests.vm_images import ensure_test_tree
+
+    try:
+        return ensure_test_tree(TEST_IMAGES)
+    except Exception as err:  # any reason this host cannot build a tree is a skip reason
+        pytest.skip(f"cannot build the runtime image's tree here: {err}")
+
+
+@pytest.fixture(scope="session")
 def qemu_images() -> Path:
     """Boot artifacts for VM drivers, built once per machine into a shared cache (debootstrap
     and apt: about a minute the first time); skips with the reason when this host cannot."""
