@@ -61,6 +61,12 @@ class ResourceUsage(BaseModel):
         default=None, description="the VM's saved memory and state on disk while it sleeps"
     )
     load_average: list[float] | None = None
+    storage_enforcement: str | None = Field(
+        default=None,
+        description="how max_storage_gb is kept on this project's driver: 'filesystem: ...' "
+        "(the workspace cannot grow past it) or 'guard: ...'/'server checks: ...' (writers are "
+        "stopped or refused past it, with the slack it leaves)",
+    )
     note: str | None = None
 
 
