@@ -148,6 +148,9 @@ export function filesPanel(context) {
 
   function show(path, { sha, text, reason = null, size = 0 }) {
     open = { path, sha, original: text ?? "" };
+    // The open file's folders stay unfolded in the tree.
+    const parts = path.split("/");
+    for (let depth = 1; depth < parts.length; depth += 1) expanded.add(parts.slice(0, depth).join("/"));
     title.textContent = path;
     conflictArea.replaceChildren();
     notice.hidden = true;
@@ -271,6 +274,7 @@ export function filesPanel(context) {
       }
       editor.focus();
     });
+    notice.hidden = true; // the conflict says it all
     conflictArea.replaceChildren(box);
     box.querySelector("h3").focus();
   }
