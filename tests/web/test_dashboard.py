@@ -303,3 +303,128 @@ async def test_the_session_survives_a_reload_and_signing_out_ends_it(
         )
     assert replay.status_code == 401
     assert console.problems() == []
+
+
+async def test_commands_run_from_the_page_and_the_history_filters_by_agent_and_status(
+    web: WebServer, browser: Any, console: Console, artifacts: Path
+) -> None:
+    project_id = await web.project("history-demo", {"bob": "read_write"})
+    async with http_client(web.mcp_url, web.tokens["bob"]) as bob:
+        await call(bob, "run_command", project_id=project_id, command="echo from-bob")
+        await call(bob, "run_command", project_id=project_id, command="exit 3")
+    page = await new_page(browser, console)
+    await sign_in(page, web, "alice")
+    await open_project(page, web, project_id, "commands")
+
+    await page.get_by_label("Run a command in the VM").fill("echo from-the-page; echo oops >&2")
+    await page.get_by_role("button", name="Run", exact=True).click()
+    output = page.locator(".outputs pre.output")
+    await expect(output).to_contain_text("from-the-page")
+    await expect(output.locator(".stderr")).to_have_text("oops\n")
+    await expect(page.locator(".outputs .output-status")).to_contain_text("completed")
+
+    history = page.locator("table.history tbody tr")
+    await expect(history).to_have_count(3)
+    await page.get_by_label("Agent").select_option("bob")
+    await expect(history).to_have_count(2)
+    await expect(page.locator("table.history")).not_to_contain_text("from-the-page")
+    await page.get_by_label("Status").select_option("completed")
+    await expect(history).to_have_count(2)  # a non-zero exit is still a completed run
+    await history.filter(has_text="exit 3").get_by_role("button").click()
+    await expect(page.locator(".outputs .output-status")).to_contain_text("exit code 3")
+    await screenshot(page, artifacts, "commands")
+    assert console.problems() == []
+
+
+async def test_the_queue_shows_running_and_waiting_commands_with_positions_and_cancels(
+    web: WebServer, browser: Any, console: Console, artifacts: Path
+) -> None:
+    project_id = await web.project("queue-demo", {"bob": "read_write"})
+    page = await new_page(browser, console)
+    await sign_in(page, web, "alice")
+    # One command at a time, set through the settings form.
+    await open_project(page, web, project_id, "settings")
+    await page.get_by_label("Commands at once").fill("1")
+    await page.get_by_role("button", name="Save settings").click()
+    await expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+    async with web.rest("alice") as alice:
+        settings = (await alice.get(f"/projects/{project_id}")).json()["settings"]
+    assert settings["max_concurrent_executions"] == 1
+
+    async with http_client(web.mcp_url, web.tokens["bob"]) as bob:
+        blocker = await call(
+            bob, "run_command", project_id=project_id, wait_s=0, keep_stdin_open=True,
+            command="read line; echo released",
+        )  # fmt: skip
+        waiting = await call(
+            bob, "run_command", project_id=project_id, wait_s=0, command="echo second"
+        )
+        await page.get_by_role("link", name="Queue").click()
+        rows = page.locator("table.queue tbody tr")
+        await expect(rows).to_have_count(2)
+        await expect(rows.nth(0)).to_contain_text("running")
+        await expect(rows.nth(1)).to_contain_text("#1 in queue")
+        await expect(page.locator(".panel-queue")).to_contain_text("1 running (at most 1 at once)")
+        await screenshot(page, artifacts, "queue")
+
+        await rows.nth(1).get_by_role("button", name="Cancel echo second").click()
+        await expect(rows).to_have_count(1)
+        await call(bob, "send_input", execution_id=blocker["execution_id"], data="go\n")
+        await expect(rows).to_have_count(0)
+        cancelled = await call(bob, "read_command_output", execution_id=waiting["execution_id"])
+    assert cancelled["status"] == "cancelled"
+    assert console.problems() == []
+
+
+async def test_the_live_feed_resumes_after_the_connection_drops_without_gaps_or_repeats(
+    web: WebServer, browser: Any, console: Console
+) -> None:
+    project_id = await web.project("resume-demo", {"bob": "read_write"})
+    page = await new_page(browser, console)
+    sockets: list[Any] = []
+
+    async def through(route: Any) -> None:  # a real connection to the server, held by the test
+        route.connect_to_server()
+        sockets.append(route)
+
+    await page.route_web_socket(re.compile(r"/ws$"), through)
+    await sign_in(page, web, "alice")
+    await open_project(page, web, project_id, "activity")
+    feed = page.locator("ol.feed")
+    async with web.rest("bob") as bob:
+        await bob.put(f"/projects/{project_id}/files/before.txt", content=b"1")
+        await expect(feed).to_contain_text("wrote before.txt")
+
+        await sockets[-1].close(code=1012, reason="dropped by the test")
+        await expect(page.locator(".connection")).to_contain_text("offline")
+        for name in ("during-1.txt", "during-2.txt", "during-3.txt"):
+            await bob.put(f"/projects/{project_id}/files/{name}", content=b"2")
+        await expect(page.locator(".connection")).to_have_text("live")
+        await bob.put(f"/projects/{project_id}/files/after.txt", content=b"3")
+        await expect(feed).to_contain_text("wrote after.txt")
+    assert len(sockets) == 2
+    for name in ("before.txt", "during-1.txt", "during-2.txt", "during-3.txt", "after.txt"):
+        await expect(feed.locator("li", has_text=f"wrote {name}")).to_have_count(1)
+    order = await feed.locator("li .what").all_inner_texts()
+    writes = [text.split()[1] for text in order if text.startswith("wrote ")]
+    assert writes == ["after.txt", "during-3.txt", "during-2.txt", "during-1.txt", "before.txt"]
+    assert console.problems() == []
+
+
+async def test_a_busy_projects_feed_starts_with_its_latest_events(
+    web: WebServer, browser: Any, console: Console
+) -> None:
+    project_id = await web.project("busy-demo")
+    async with web.rest("alice") as alice:
+        for number in range(320):
+            written = await alice.put(f"/projects/{project_id}/files/f{number}.txt", content=b"x")
+            assert written.status_code == 201
+    page = await new_page(browser, console)
+    await sign_in(page, web, "alice")
+    await open_project(page, web, project_id, "activity")
+    feed = page.locator("ol.feed li")
+    await expect(feed.first).to_contain_text("wrote f319.txt")
+    count = await feed.count()
+    assert 250 <= count <= 300
+    await expect(page.locator("ol.feed")).not_to_contain_text("created the project")
+    assert console.problems() == []

@@ -25,6 +25,33 @@ const RANK = { read_only: 0, read_write: 1, admin: 2 };
 // Events after which the project's own record (status, members, settings) is read again.
 const PROJECT_EVENTS = /^(vm\.|member\.|settings\.|project\.|budget\.)/;
 
+// Where the feed starts: after the event that leaves at most FEED_START events to replay (a
+// busy project's whole history would take long to replay; event ids are shared by all
+// projects, so this is a search over ids, some 20 small reads for a million events).
+const FEED_START = 300;
+
+async function recentEventsStart(projectId) {
+  const after = (since) => api("GET", projectPath(projectId, `/events?since_id=${since}&limit=${FEED_START}`));
+  try {
+    const first = await after(0);
+    if (!first.has_more) return 0;
+    let low = 0; // more than FEED_START events come after low, at most that many after high
+    let high = first.last_event_id;
+    while ((await after(high)).has_more) {
+      low = high;
+      high *= 2;
+    }
+    while (high - low > 1) {
+      const middle = Math.floor((low + high) / 2);
+      if ((await after(middle)).has_more) low = middle;
+      else high = middle;
+    }
+    return high;
+  } catch {
+    return 0; // replay everything rather than show nothing
+  }
+}
+
 export function projectPage(main, projectId, initialSection) {
   const socket = new ProjectSocket(projectId);
   let project = null;
@@ -183,6 +210,7 @@ export function projectPage(main, projectId, initialSection) {
     if (!project) return;
     panel("activity"); // collects the feed from the start, whichever section is shown
     show(initialSection);
+    socket.lastEventId = await recentEventsStart(projectId);
     socket.followEvents();
     socket.connect();
   })();

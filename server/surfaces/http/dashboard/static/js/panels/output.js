@@ -57,7 +57,8 @@ export function outputView(context, executionId, { command = null, agentId = nul
       finished = true;
       const code = message.exit_code === null || message.exit_code === undefined ? "" : `, exit code ${message.exit_code}`;
       status.textContent = `${message.status}${code}${message.reason ? ` — ${message.reason}` : ""}`;
-      status.dataset.state = message.status;
+      status.dataset.state = message.exit_code ? "nonzero" : message.status;
+      if (shown === 0) text.append(h("span", { class: "muted" }, "(no output)"));
       cancel.hidden = true;
       stdinForm.hidden = true;
     }
