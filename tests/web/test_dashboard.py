@@ -428,3 +428,33 @@ async def test_a_busy_projects_feed_starts_with_its_latest_events(
     assert 250 <= count <= 300
     await expect(page.locator("ol.feed")).not_to_contain_text("created the project")
     assert console.problems() == []
+
+
+async def test_a_project_is_stopped_started_and_deleted_from_the_projects_page(
+    web: WebServer, browser: Any, console: Console
+) -> None:
+    await web.project("lifecycle-demo")
+    page = await new_page(browser, console)
+    await sign_in(page, web, "alice")
+    row = page.locator("tr", has_text="lifecycle-demo")
+    await row.get_by_role("button", name="Stop lifecycle-demo").click()
+    await expect(row.locator("td[data-label='Status']")).to_contain_text("stopped")
+    await expect(row.locator("td[data-label='CPU']")).to_contain_text(
+        "figures appear while it runs"
+    )
+    await row.get_by_role("button", name="Start lifecycle-demo").click()
+    await expect(row.locator("td[data-label='Status']")).to_contain_text("running")
+
+    await row.get_by_role("button", name="Delete lifecycle-demo").click()
+    dialog = page.get_by_role("dialog", name="Delete lifecycle-demo?")
+    await expect(dialog).to_contain_text("cannot be undone")
+    await expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()  # the safe default
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(row).to_be_visible()
+    await row.get_by_role("button", name="Delete lifecycle-demo").click()
+    await dialog.get_by_role("button", name="Delete project").click()
+    await expect(row).to_be_hidden()
+    async with web.rest("alice") as alice:
+        assert (await alice.get("/projects")).json()["projects"] == []
+    assert console.problems() == []

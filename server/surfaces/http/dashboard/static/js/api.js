@@ -95,3 +95,9 @@ export async function signOut() {
   await fetch("/ui/session", { method: "DELETE", credentials: "same-origin", headers });
   remember({ signed_in: false });
 }
+
+/** In a catch that expects the server to refuse sometimes: a refusal is fine, anything else
+ * is a mistake in the page and is reported (the browser tests fail on it). */
+export function onlyRefusals(error) {
+  if (!(error instanceof ApiError)) console.error(error);
+}

@@ -1,6 +1,6 @@
 // One project: its header (status, actions) and its sections, all fed by one WebSocket.
 
-import { api, projectPath, session } from "../api.js";
+import { api, onlyRefusals, projectPath, session } from "../api.js";
 import { confirmAction } from "../dialog.js";
 import { badge, debounce, go, h, toast } from "../dom.js";
 import { activityPanel } from "../panels/activity.js";
@@ -47,7 +47,8 @@ async function recentEventsStart(projectId) {
       else high = middle;
     }
     return high;
-  } catch {
+  } catch (error) {
+    onlyRefusals(error);
     return 0; // replay everything rather than show nothing
   }
 }

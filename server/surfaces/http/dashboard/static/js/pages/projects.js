@@ -1,13 +1,15 @@
 // The projects the signed-in agent can see: status, members, usage, cost; create, start,
 // stop and delete.
 
-import { api, projectPath, session } from "../api.js";
+import { api, onlyRefusals, projectPath, session } from "../api.js";
 import { confirmAction } from "../dialog.js";
 import { badge, field, fill, go, h, toast } from "../dom.js";
 import { ago, bytes, usd } from "../format.js";
 
 const TYPES = ["development", "analysis", "deployment", "sandbox"];
 const REFRESH_MS = 15000;
+// Usage is measured in each VM (the workspace's size included): less often than the list.
+const DETAILS_EVERY_MS = 60000;
 const DETAIL_CONCURRENCY = 4;
 
 export function projectsPage(main) {
@@ -49,36 +51,63 @@ export function projectsPage(main) {
   let timer = null;
   let disposed = false;
   let loading = false;
+  const details = new Map(); // project id -> {at (when the read began), members, usage, cost}
+  const changedAt = new Map(); // project id -> when this page started or stopped it
+
+  const current = (projectId) => {
+    const known = details.get(projectId);
+    const fresh = known && Date.now() - known.at < DETAILS_EVERY_MS && known.at >= (changedAt.get(projectId) ?? 0);
+    return fresh ? known : null;
+  };
+  // A listed project with what its last full read said (until the next one).
+  const withDetails = (project) => {
+    const known = current(project.project_id);
+    return known ? { ...project, members: known.members, usage: known.usage, cost: known.cost } : project;
+  };
+
+  let again = false;
 
   async function load() {
-    if (loading || disposed) return;
+    if (disposed) return;
+    if (loading) {
+      again = true; // once this round ends: something changed during it
+      return;
+    }
     loading = true;
     try {
       const { projects } = await api("GET", "/projects");
-      fill(rows, projects.map(row));
+      fill(rows, projects.map((project) => row(withDetails(project))));
       empty.hidden = projects.length > 0;
       table.hidden = projects.length === 0;
       updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
-      await details(projects);
+      const stale = projects.filter((p) => !current(p.project_id));
+      await readDetails(stale);
     } catch (error) {
       if (error.status !== 401) toast(`Could not list the projects: ${error.message}`, "error");
     } finally {
       loading = false;
     }
+    if (again) {
+      again = false;
+      load();
+    }
   }
 
   // Usage, members and cost come from each project's own record (measured in its VM).
-  async function details(projects) {
+  async function readDetails(projects) {
     const queue = [...projects];
     const worker = async () => {
       while (queue.length && !disposed) {
         const project = queue.shift();
         try {
+          const began = Date.now();
           const full = await api("GET", projectPath(project.project_id));
-          const current = rows.querySelector(`tr[data-project="${CSS.escape(project.project_id)}"]`);
-          if (current) current.replaceWith(row(full));
-        } catch {
-          // it may have been deleted meanwhile; the next refresh shows that
+          details.set(full.project_id, { at: began, members: full.members, usage: full.usage, cost: full.cost });
+          if (!current(full.project_id)) continue; // read while it was being started or stopped
+          const shown = rows.querySelector(`tr[data-project="${CSS.escape(project.project_id)}"]`);
+          if (shown) shown.replaceWith(row(full));
+        } catch (error) {
+          onlyRefusals(error); // it may have been deleted meanwhile; the next refresh says
         }
       }
     };
@@ -133,6 +162,7 @@ export function projectsPage(main) {
     try {
       const result = await api("POST", projectPath(project.project_id, `/${action}`));
       toast(`${project.name}: ${result.message}`);
+      changedAt.set(project.project_id, Date.now()); // what was measured before is out of date
     } catch (error) {
       toast(`Could not ${action} ${project.name}: ${error.message}`, "error");
     }
@@ -155,7 +185,10 @@ export function projectsPage(main) {
     load();
   }
 
-  refreshButton.addEventListener("click", load);
+  refreshButton.addEventListener("click", () => {
+    details.clear(); // measure again now
+    load();
+  });
   load();
   timer = setInterval(() => {
     if (document.visibilityState === "visible") load();

@@ -1,7 +1,7 @@
 // Commands: run one, the execution history with filters, and any run's output (live while it
 // runs).
 
-import { api, projectPath } from "../api.js";
+import { api, onlyRefusals, projectPath } from "../api.js";
 import { badge, debounce, field, fill, h, toast } from "../dom.js";
 import { duration, when } from "../format.js";
 import { outputView } from "./output.js";
@@ -92,8 +92,8 @@ export function commandsPanel(context) {
       const chosen = agent.value;
       fill(agent, h("option", { value: "" }, "everyone"),
         members.map((m) => h("option", { value: m.agent_id, selected: m.agent_id === chosen }, m.agent_id)));
-    } catch {
-      // the filter keeps its old choices
+    } catch (error) {
+      onlyRefusals(error); // the filter keeps its old choices
     }
   }
 

@@ -2,7 +2,7 @@
 // overwrites someone else's change: a conflict shows both versions, who made theirs, and lets
 // the person keep theirs or take the other.
 
-import { fileUrl, problemOf, projectPath, request, api, session } from "../api.js";
+import { api, fileUrl, onlyRefusals, problemOf, projectPath, request, session } from "../api.js";
 import { confirmAction } from "../dialog.js";
 import { lineDiff } from "../diff.js";
 import { debounce, field, h, toast, uid } from "../dom.js";
@@ -327,8 +327,8 @@ export function filesPanel(context) {
         show(path, await fetchText(projectId, path));
         notice.replaceChildren(`${who} changed ${path} at ${when(event.created_at)}; showing their version.`);
         notice.hidden = false;
-      } catch {
-        // it changed again or went away; the next event says
+      } catch (error) {
+        onlyRefusals(error); // it changed again or went away; the next event says
       }
       return;
     }
