@@ -12,9 +12,10 @@ import pytest
 from playwright.async_api import Page, expect
 
 from server.surfaces.http.ws.session import STREAMS
-from tests.helpers import call
+from tests.helpers import call, eventually
 from tests.servers import http_client
 from tests.web.conftest import Console, WebServer
+from tests.web.fake_terminal_socket import FakeTerminalSocket
 from tests.web.pages import NARROW, new_page, open_project, screenshot, sign_in
 
 pytestmark = pytest.mark.anyio
@@ -122,6 +123,46 @@ async def test_a_terminal_opens_in_the_browser_and_runs_a_command(
     await page.get_by_role("button", name="Close terminal").click()
     await expect(page.get_by_role("button", name="Open a terminal")).to_be_visible()
     assert console.problems() == []
+
+
+async def test_the_terminal_panel_drives_xterm_over_the_terminal_stream(
+    web: WebServer, browser: Any, console: Console, artifacts: Path
+) -> None:
+    project_id = await web.project("terminal-panel-demo")
+    page = await new_page(browser, console)
+    fake = FakeTerminalSocket(project_id)
+    await page.route_web_socket(re.compile(r"/ws$"), fake.attach)
+    await sign_in(page, web, "alice")
+    await open_project(page, web, project_id, "terminal")
+    await page.get_by_role("button", name="Open a terminal").click()
+    screen = page.locator(".terminal-screen")
+    await expect(screen).to_contain_text("fake$")
+    await expect(page.locator(".panel-terminal")).to_contain_text("Connected")
+    opened = fake.of_type("open")[0]
+    assert opened["cols"] > 20
+    assert opened["rows"] > 5
+    await page.keyboard.type("ls -la")
+    await page.keyboard.press("Enter")
+    await expect(screen).to_contain_text("the fake shell got: ls -la")
+    typed = "".join(m["data"] for m in fake.of_type("input"))
+    assert typed == "ls -la\r"
+    assert all(m["terminal_id"] == "t1" for m in fake.of_type("input"))
+
+    await page.set_viewport_size({"width": 900, "height": 700})  # the terminal follows
+
+    async def resized() -> bool:
+        await page.evaluate("() => new Promise(requestAnimationFrame)")  # a frame goes by
+        return bool(fake.of_type("resize"))
+
+    await eventually(resized, what="a resize message after the window shrank")
+    assert fake.of_type("resize")[-1]["cols"] < opened["cols"]
+    await page.keyboard.press("F6")  # the way out of the terminal for the keyboard
+    await expect(page.get_by_role("button", name="Close terminal")).to_be_focused()
+    await screenshot(page, artifacts, "terminal-panel")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("button", name="Open a terminal")).to_be_visible()
+    assert fake.of_type("close")
+    assert console.problems() == []  # xterm.js ran under the page's CSP
 
 
 async def test_an_edit_conflict_shows_both_versions_and_who_made_theirs_and_is_resolved(
@@ -458,3 +499,24 @@ async def test_a_project_is_stopped_started_and_deleted_from_the_projects_page(
     async with web.rest("alice") as alice:
         assert (await alice.get("/projects")).json()["projects"] == []
     assert console.problems() == []
+
+
+async def test_a_page_whose_session_ended_asks_to_sign_in_again(
+    web: WebServer, browser: Any, console: Console
+) -> None:
+    page = await new_page(browser, console)
+    await sign_in(page, web, "alice")
+    # The session ends elsewhere (another tab signed out, or it expired).
+    cookie = (await page.context.cookies())[0]["value"]
+    csrf = await page.evaluate("() => fetch('/ui/session').then(r => r.json())")
+    async with httpx.AsyncClient(base_url=web.base, timeout=60) as client:
+        ended = await client.delete(
+            "/ui/session",
+            headers={"Cookie": f"pvm_session={cookie}", "X-CSRF-Token": csrf["csrf_token"]},
+        )
+    assert ended.status_code == 204
+    await page.get_by_role("button", name="Refresh").click()
+    await expect(page.get_by_label("Agent token")).to_be_visible()
+    await expect(page.get_by_role("status")).to_contain_text("Your session ended")
+    # The browser logs the refused request itself.
+    assert console.problems("status of 401") == []
