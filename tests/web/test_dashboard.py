@@ -15,7 +15,7 @@ from server.surfaces.http.ws.session import STREAMS
 from tests.helpers import call, eventually
 from tests.servers import http_client
 from tests.web.conftest import Console, WebServer
-from tests.web.fake_terminal_socket import FakeTerminalSocket
+from tests.web.fake_terminal_socket import TERMINAL, FakeTerminalSocket
 from tests.web.pages import NARROW, new_page, open_project, screenshot, sign_in
 
 pytestmark = pytest.mark.anyio
@@ -146,7 +146,24 @@ async def test_the_terminal_panel_drives_xterm_over_the_terminal_stream(
     await expect(screen).to_contain_text("the fake shell got: ls -la")
     typed = "".join(m["data"] for m in fake.of_type("input"))
     assert typed == "ls -la\r"
-    assert all(m["terminal_id"] == "t1" for m in fake.of_type("input"))
+    assert {m["execution_id"] for m in fake.of_type("input")} == {TERMINAL}
+
+    # The connection drops; the panel attaches again from its cursor: nothing lost or twice.
+    await fake.routes[-1].close(code=1012, reason="dropped by the test")
+    await expect(page.locator(".connection")).to_contain_text("offline")
+    seen = len(fake.printed)
+    fake.prints_unseen("\r\nprinted while the page was away\r\n")
+    await expect(page.locator(".connection")).to_have_text("live")
+    await expect(page.locator(".panel-terminal")).to_contain_text("Reconnected")
+    assert fake.of_type("attach")[-1]["since"] == seen
+    await expect(screen).to_contain_text("printed while the page was away")
+    await page.locator(".terminal-screen .xterm").click()
+    await page.keyboard.type("pwd")
+    await page.keyboard.press("Enter")
+    await expect(screen).to_contain_text("the fake shell got: pwd")
+    text = await screen.inner_text()
+    assert text.count("the fake shell got: ls -la") == 1
+    assert text.count("printed while the page was away") == 1
 
     await page.set_viewport_size({"width": 900, "height": 700})  # the terminal follows
 

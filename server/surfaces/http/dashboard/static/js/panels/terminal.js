@@ -1,16 +1,18 @@
 // An interactive terminal in the project's VM: xterm.js (vendored, loaded only when a terminal
 // is opened) attached to the project WebSocket's "terminal" stream.
 //
-//   out: {stream: "terminal", type: "open", cols, rows} -> ack {result: {<id field>: ...}}
-//        {stream: "terminal", type: "input" | "resize" | "close", <id field>, data | cols, rows}
-//   in:  {stream: "terminal", type: "output", <id field>, data}  {type: "exit", exit_code}
+//   out: {stream: "terminal", type: "open", cols, rows} -> ack {result: {execution_id, status}}
+//        {type: "input", execution_id, data}  {type: "resize", execution_id, cols, rows}
+//        {type: "close", execution_id}        {type: "attach", execution_id, since}
+//   in:  {type: "output", execution_id, data (base64), next_since}
+//        {type: "exit", execution_id, status, exit_code, reason}
 //
-// The id field is whichever of ID_FIELDS the server's ack names. Offered only when the
-// server's hello lists the "terminal" stream.
+// A terminal is an execution: it is in the history with its author. After a dropped
+// connection the panel attaches again from the last output cursor, so nothing is lost or
+// shown twice. Offered only when the server's hello lists the "terminal" stream.
 
 import { h, toast } from "../dom.js";
 
-const ID_FIELDS = ["terminal_id", "term_id", "execution_id"];
 const XTERM = "/ui/assets/vendor/xterm/xterm.mjs";
 const FIT = "/ui/assets/vendor/addon-fit/addon-fit.mjs";
 const XTERM_CSS = "/ui/assets/vendor/xterm/xterm.css";
@@ -29,12 +31,10 @@ async function loadXterm() {
   return xterm;
 }
 
-function outputText(message) {
-  if (message.encoding === "base64" || message.data_b64 !== undefined) {
-    const raw = atob(message.data_b64 ?? message.data ?? "");
-    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
-  }
-  return message.data ?? "";
+function bytesOf(message) {
+  if (message.encoding !== "base64") return message.data ?? "";
+  const raw = atob(message.data ?? "");
+  return Uint8Array.from(raw, (c) => c.charCodeAt(0));
 }
 
 export function terminalPanel(context) {
@@ -49,7 +49,8 @@ export function terminalPanel(context) {
     h("div", { class: "page-head" }, h("h2", {}, "Terminal"), h("div", { class: "row-actions" }, openButton, closeButton)),
     status, help, screen);
 
-  let session = null; // {term, fit, id, idField, stop, observer}
+  let session = null; // {term, id, since, stop()}
+  let lastTerm = null; // kept on the page after it ends, until the next one opens
 
   function available() {
     return socket.streams.includes("terminal");
@@ -61,7 +62,7 @@ export function terminalPanel(context) {
       status.textContent = "Connecting…";
       openButton.disabled = true;
     } else if (!available()) {
-      status.textContent = `This server offers no terminals yet (its WebSocket carries: ${socket.streams.join(", ")}).`;
+      status.textContent = `This server offers no terminals (its WebSocket carries: ${socket.streams.join(", ")}).`;
       openButton.disabled = true;
     } else if (!context.canWrite()) {
       status.textContent = "Opening a terminal needs read-write access to the project.";
@@ -72,30 +73,56 @@ export function terminalPanel(context) {
     }
   }
 
+  function started(info) {
+    if (info?.status === "queued") {
+      status.textContent = `Waiting for a free slot (${info.queue_position ? `#${info.queue_position} in the queue` : "queued"}).`;
+    } else {
+      status.textContent = `Connected: ${info?.command ?? "a shell"} (${info?.execution_id ?? ""}).`;
+    }
+  }
+
   async function open() {
     openButton.disabled = true;
     status.textContent = "Opening…";
     try {
       const { Terminal, FitAddon } = await loadXterm();
+      lastTerm?.dispose();
+      screen.replaceChildren();
       screen.hidden = false;
       const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000 });
+      lastTerm = term;
       const fit = new FitAddon();
       term.loadAddon(fit);
       term.open(screen);
       fit.fit();
-      const result = await socket.send({ stream: "terminal", type: "open", cols: term.cols, rows: term.rows });
-      const idField = ID_FIELDS.find((name) => result?.[name]) ?? "terminal_id";
-      const id = result?.[idField];
-      const stop = socket.on("terminal", (message) => {
-        if (message[idField] !== id) return;
-        if (message.type === "output") term.write(outputText(message));
-        else if (message.type === "exit") ended(`The terminal ended${message.exit_code != null ? ` (exit code ${message.exit_code})` : ""}.`);
+      const info = await socket.send({ stream: "terminal", type: "open", cols: term.cols, rows: term.rows });
+      const id = info.execution_id;
+      const current = { term, id, since: 0 };
+      const stopOutput = socket.on("terminal", (message) => {
+        if (message.execution_id !== id) return;
+        if (message.type === "output") {
+          term.write(bytesOf(message));
+          current.since = message.next_since ?? current.since;
+          if (status.textContent.startsWith("Waiting")) started({ ...info, status: "running" });
+        } else if (message.type === "exit") {
+          const code = message.exit_code === null || message.exit_code === undefined ? "" : ` (exit code ${message.exit_code})`;
+          ended(`The terminal ended: ${message.status ?? "closed"}${code}${message.reason ? ` — ${message.reason}` : ""}.`);
+        }
       });
+      // After a dropped connection: pick the output up where it stopped.
       const stopState = socket.on("state", ({ state }) => {
-        if (state !== "open") ended("The connection dropped, which closed the terminal; open a new one.");
+        if (state === "open" && session === current) {
+          socket.send({ stream: "terminal", type: "attach", execution_id: id, since: current.since })
+            .then(() => { status.textContent = "Reconnected."; })
+            .catch((error) => ended(`The terminal is gone: ${error.message}`));
+        } else if (state === "reconnecting" && session === current) {
+          status.textContent = "The connection dropped; reconnecting to the terminal…";
+        } else if (state === "removed") {
+          ended("No access to this project any more.");
+        }
       });
-      term.onData((data) => socket.post({ stream: "terminal", type: "input", [idField]: id, data }));
-      term.onResize(({ cols, rows }) => socket.post({ stream: "terminal", type: "resize", [idField]: id, cols, rows }));
+      term.onData((data) => socket.post({ stream: "terminal", type: "input", execution_id: id, data }));
+      term.onResize(({ cols, rows }) => socket.post({ stream: "terminal", type: "resize", execution_id: id, cols, rows }));
       term.attachCustomKeyEventHandler((event) => {
         if (event.key === LEAVE_KEY && event.type === "keydown") {
           event.preventDefault();
@@ -106,12 +133,13 @@ export function terminalPanel(context) {
       });
       const observer = new ResizeObserver(() => fit.fit());
       observer.observe(screen);
-      session = { term, id, idField, stop: () => { stop(); stopState(); observer.disconnect(); } };
+      current.stop = () => { stopOutput(); stopState(); observer.disconnect(); };
+      session = current;
       openButton.hidden = true;
       closeButton.hidden = false;
       help.hidden = false;
-      status.textContent = "Connected.";
-      screen.dataset.terminal = String(id);
+      screen.dataset.execution = id;
+      started(info);
       term.focus();
     } catch (error) {
       status.textContent = `Could not open a terminal: ${error.message}`;
@@ -126,7 +154,6 @@ export function terminalPanel(context) {
     session.stop();
     session.term.options.disableStdin = true;
     session = null;
-    status.textContent = message;
     closeButton.hidden = true;
     openButton.hidden = false;
     help.hidden = true;
@@ -136,14 +163,15 @@ export function terminalPanel(context) {
 
   async function close() {
     if (!session) return;
-    const { id, idField, term } = session;
+    const { id, term } = session;
     try {
-      await socket.send({ stream: "terminal", type: "close", [idField]: id });
+      await socket.send({ stream: "terminal", type: "close", execution_id: id });
     } catch (error) {
       toast(`Closing the terminal: ${error.message}`, "error");
     }
     ended("Terminal closed.");
     term.dispose();
+    lastTerm = null;
     screen.replaceChildren();
     screen.hidden = true;
     openButton.focus();
@@ -161,7 +189,7 @@ export function terminalPanel(context) {
     dispose() {
       stopDescribing();
       if (session) {
-        socket.post({ stream: "terminal", type: "close", [session.idField]: session.id });
+        socket.post({ stream: "terminal", type: "close", execution_id: session.id });
         session.stop();
         session.term.dispose();
         session = null;
