@@ -53,14 +53,18 @@ export function commandsPanel(context) {
   }
 
   function row(execution) {
+    // A terminal is an execution too (who opened it, for how long), but not a command with
+    // an output to replay: it is shown, not opened here.
+    const terminal = execution.kind === "terminal";
     return h("tr", { dataset: { execution: execution.execution_id } },
       h("td", { "data-label": "Started" }, when(execution.started_at ?? execution.queued_at)),
       h("td", { "data-label": "Agent" }, execution.agent_id),
-      h("td", { "data-label": "Command" }, h("code", { class: "command" }, execution.command)),
+      h("td", { "data-label": "Command" }, terminal ? h("span", { class: "badge" }, "terminal") : null,
+        h("code", { class: "command" }, execution.command)),
       h("td", { "data-label": "Status" }, badge(execution.status, execution.status.replace("_", " "))),
       h("td", { "data-label": "Exit" }, execution.exit_code ?? "—"),
       h("td", { "data-label": "Took" }, duration(execution.duration_ms)),
-      h("td", {}, h("button", {
+      h("td", {}, terminal ? null : h("button", {
         type: "button",
         class: "quiet",
         "aria-label": `Output of ${execution.command}`,
