@@ -12,7 +12,11 @@ agent with `projectvm agents add`, and measures against that one server:
   (b) a write's event reaching a WebSocket client: from sending PUT .../files/{path} to the
       `file.written` event arriving on /api/v1/projects/{id}/ws (the write's own work in the
       VM included); the target is under 50 ms p50. Also shown: from the event being recorded
-      (its created_at, same clock) to its arrival, the delivery alone.
+      (its created_at, same clock) to its arrival, the delivery alone;
+  (c) the dashboard's first page: what a browser fetches to show it (the page at /, what it
+      links, every module it imports, transitively, and its session check), as transferred
+      (gzip, headers included) and unpacked; the target is under 300 KB transferred.
+      tests/web measures the same in Chromium.
 
 Prints p50/p95 of each and the ratios (lower is better for REST).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -163,6 +168,52 @@ async def event_latency(base: str, token: str, runs: int) -> dict[str, Any]:
     }
 
 
+def _assets_named(text: str, url: str) -> list[str]:
+    """The dashboard files a page or module loads at once (not its dynamic imports)."""
+    found = re.findall(r'(?:src|href)="(/ui/assets/[^"]+)"', text)
+    found += re.findall(r'^import .*? from "([^"]+)";', text, re.MULTILINE)
+    found += re.findall(r'^import "([^"]+)";', text, re.MULTILINE)
+    folder = url.rsplit("/", 1)[0]
+    resolved = []
+    for target in found:
+        if target.startswith("/"):
+            resolved.append(target)
+        else:  # relative to the module: ./x.js, ../y.js
+            parts = (folder + "/" + target).split("/")
+            stack: list[str] = []
+            for part in parts:
+                if part == "..":
+                    stack.pop()
+                elif part != ".":
+                    stack.append(part)
+            resolved.append("/".join(stack))
+    return resolved
+
+
+async def first_page_weight(base: str) -> dict[str, Any]:
+    """Fetch the dashboard's first page as a browser does on a first visit, and weigh it."""
+    wire = unpacked = 0
+    fetched: list[str] = []
+    async with httpx.AsyncClient(
+        base_url=base, timeout=60, headers={"Accept-Encoding": "gzip"}
+    ) as client:
+        queue = ["/", "/ui/session"]
+        while queue:
+            url = queue.pop(0)
+            if url in fetched:
+                continue
+            fetched.append(url)
+            response = await client.get(url)
+            if response.status_code != 200:
+                raise SystemExit(f"the dashboard answered {response.status_code} for {url}")
+            headers = sum(len(k) + len(v) + 4 for k, v in response.headers.raw) + 17
+            wire += headers + response.num_bytes_downloaded
+            unpacked += len(response.content)
+            if response.headers.get("content-type", "").startswith(("text/html", "text/java")):
+                queue += _assets_named(response.text, url)
+    return {"requests": len(fetched), "transferred_bytes": wire, "unpacked_bytes": unpacked}
+
+
 async def run(runs: int, driver: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pvm-bench-web-") as folder:
         data_dir = Path(folder) / "data"
@@ -171,6 +222,7 @@ async def run(runs: int, driver: str) -> dict[str, Any]:
         try:
             commands = await command_round_trips(base, token, runs)
             events = await event_latency(base, token, runs)
+            dashboard = await first_page_weight(base)
         finally:
             process.terminate()
             with anyio.move_on_after(30):
@@ -185,6 +237,7 @@ async def run(runs: int, driver: str) -> dict[str, Any]:
         "run_command": commands,
         "ratio_rest_over_mcp_p50": commands["rest"]["p50_ms"] / commands["mcp"]["p50_ms"],
         "events": events,
+        "dashboard_first_page": dashboard,
     }
 
 
@@ -213,6 +266,12 @@ def main() -> None:
     )
     print(f"    the write's own round trip: p50 {write['p50_ms']:.2f} ms")
     print(f"    event recorded -> on the WebSocket: p50 {delivery['p50_ms']:.2f} ms")
+    page = figures["dashboard_first_page"]
+    print(
+        f"  dashboard first page: {page['transferred_bytes'] / 1000:.1f} KB transferred (gzip) "
+        f"in {page['requests']} requests, {page['unpacked_bytes'] / 1000:.1f} KB unpacked  "
+        "(target: under 300 KB)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a full test run: installs what the tests need (Python
-# packages into .venv; bubblewrap when missing; when no Docker-API engine answers, Podman's
-# compatible service and the project runtime image), runs the static checks, then pytest.
+# packages into .venv, Playwright among them; bubblewrap and Chromium when missing; when no
+# Docker-API engine answers, Podman's compatible service and the project runtime image), runs
+# the static checks, then pytest.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k conformance -x
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -10,6 +11,9 @@ cd "$ROOT"
 
 if [ "$(uname -s)" = Linux ]; then
     apt_install bubblewrap python3 procps qemu-system-x86 lz4 debootstrap e2fsprogs slirp4netns
+    # The dashboard's browser tests (tests/web) drive Debian's Chromium through Playwright
+    # (installed into .venv with the dev extras); Playwright's own browsers are never fetched.
+    apt_install chromium
 fi
 ensure_venv dev
 

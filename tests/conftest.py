@@ -157,7 +157,16 @@ async def alice_projects(
 
 # Every test outside tests/unit needs a real backend (a sandbox, an engine, a subprocess);
 # the tiers are marked here so `-m "not integration"` runs the fast ones anywhere.
-INTEGRATION_TIERS = {"conformance", "docker", "guest", "lifecycle", "mcp", "rest", "security"}
+INTEGRATION_TIERS = {
+    "conformance",
+    "docker",
+    "guest",
+    "lifecycle",
+    "mcp",
+    "rest",
+    "security",
+    "web",
+}
 SLOW_TESTS = {"test_soak.py", "test_crash_recovery.py", "test_paging.py"}
 
 
@@ -168,6 +177,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if item.path.name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        # tests/web: those that drive Chromium are also `browser` (-m "not browser" skips them).
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
 
 
 pytest_plugins = ["tests.fixtures.firecracker"]

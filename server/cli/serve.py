@@ -29,6 +29,7 @@ async def serve(args: argparse.Namespace) -> None:
             f"ProjectVM {__version__} serving MCP at {url} (data: {config.data_dir})\n"
             f"REST API at {url.removesuffix('/mcp')}/api/v1 "
             f"(docs: {url.removesuffix('/mcp')}/api/v1/docs)\n"
+            f"Dashboard at {url.removesuffix('/mcp')}/ (sign in with an agent token)\n"
             "Every request needs Authorization: Bearer <token> "
             "(create one with: projectvm agents add NAME)\n"
         )
@@ -81,6 +82,7 @@ async def quickstart(args: argparse.Namespace) -> None:
         say()
         say(f"MCP endpoint : {url}")
         say(f"REST API     : {url.removesuffix('/mcp')}/api/v1   (docs: .../api/v1/docs)")
+        say(f"dashboard    : {url.removesuffix('/mcp')}/   (sign in with the token below)")
         say(f"agent        : {agent}")
         say(f"token        : {token}   (shown once; stored only as a hash)")
         say()

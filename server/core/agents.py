@@ -67,7 +67,7 @@ class Agents:
         """The agent a bearer token belongs to, or ``None`` (its last-seen time is noted)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        agent = await self._store.agents.for_token_hash(hash_token(token))
+        agent = await self.resolve_hash(hash_token(token))
         if agent is not None and time.monotonic() - self._seen.get(agent, -SEEN_EVERY_S) >= (
             SEEN_EVERY_S
         ):
@@ -75,6 +75,11 @@ class Agents:
             async with self._store.transaction():
                 await self._store.agents.touch(agent)
         return agent
+
+    async def resolve_hash(self, token_hash: str) -> str | None:
+        """The agent whose current token has this hash: a dashboard session opened with a token
+        keeps only its hash and ends when the token is replaced or the agent removed."""
+        return await self._store.agents.for_token_hash(token_hash)
 
     async def remove(self, agent_id: str) -> None:
         owned = [p for p in await self._store.projects.list() if p.owner_id == agent_id]

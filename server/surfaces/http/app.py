@@ -1,8 +1,10 @@
-"""The HTTP app: MCP at ``/mcp`` and the REST API and WebSockets at ``/api/v1``, one port.
+"""The HTTP app: MCP at ``/mcp``, the REST API and WebSockets at ``/api/v1`` and the
+dashboard at ``/`` (``/ui/...``), one port.
 
-Both behind the same per-agent bearer tokens (``Authenticate``) and the same Host/Origin
-policy. The MCP app owns the server's lifespan (the service); the REST app reaches the service
-through it.
+MCP and the API sit behind the same per-agent bearer tokens (``Authenticate``) and the same
+Host/Origin policy; the dashboard's session cookie is one more credential source for them.
+The dashboard's own paths (the page, its files, signing in) need no credential. The MCP app
+owns the server's lifespan (the service); the REST app reaches the service through it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from server.surfaces.http.auth import (
     CredentialSource,
     send_json,
 )
+from server.surfaces.http.dashboard.app import Dashboard, is_dashboard_path
+from server.surfaces.http.dashboard.sessions import SessionBook, SessionCookies
 from server.surfaces.http.hosts import HostPolicy
 from server.surfaces.http.request_ids import UniqueRequestIds
 from server.surfaces.http.rest.app import PUBLIC_PATHS, build_rest_app
@@ -37,9 +41,11 @@ def build_http_app(
     allowed_hosts: list[str] | None = None,
     *,
     credential_sources: Sequence[CredentialSource] = (),
+    sessions: SessionBook | None = None,
 ) -> ASGIApp:
-    """``credential_sources``: more ways to authenticate after the bearer token (the
-    dashboard's session cookie)."""
+    """``credential_sources``: more ways to authenticate after the bearer token and the
+    dashboard's session cookie; ``sessions``: the dashboard's session table (a new one by
+    default)."""
     hosts = HostPolicy.for_bind(host, allowed_hosts)
     # A write_file call carries its content base64- or JSON-encoded: leave room for that.
     largest_file = handle.config.limits.max_file_bytes
@@ -55,10 +61,18 @@ def build_http_app(
             return None
         return await handle.state.service.agents.resolve(token)
 
+    async def resolve_hash(token_hash: str) -> str | None:
+        if handle.state is None:
+            return None
+        return await handle.state.service.agents.resolve_hash(token_hash)
+
     def service() -> ProjectService | None:
         return handle.state.service if handle.state is not None else None
 
-    authenticator = Authenticator(BearerTokens(resolve), credential_sources)
+    bearer = BearerTokens(resolve)
+    cookies = SessionCookies(sessions or SessionBook(), resolve_hash)
+    authenticator = Authenticator(bearer, [cookies, *credential_sources])
+    dashboard = Dashboard(cookies, bearer, hosts)
     rest_app = build_rest_app(service, authenticator, hosts)
     # A JSON-RPC id already in flight in the session is refused before the SDK sees it.
     mcp_guarded = UniqueRequestIds(mcp_app, MCP_PATH, largest_body)
@@ -72,4 +86,12 @@ def build_http_app(
         else:
             await mcp_guarded(scope, receive, send)
 
-    return Authenticate(dispatch, authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS})
+    authenticated = Authenticate(dispatch, authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_dashboard_path(scope.get("path", "")):
+            await dashboard(scope, receive, send)
+        else:
+            await authenticated(scope, receive, send)
+
+    return app

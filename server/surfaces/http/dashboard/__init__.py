@@ -1,0 +1,1 @@
+"""The dashboard for people: sign-in sessions, the pages and their files (``static/``)."""
