@@ -307,6 +307,10 @@ async def spawn(
         ) from None
 
 
+# How long an exited VMM's output may take to reach the console log.
+CONSOLE_DRAIN_S = 2.0
+
+
 async def wait_for_api_socket(
     process: VMMProcess, socket_path: Path, console: ConsoleLog, timeout_s: float
 ) -> None:
@@ -315,6 +319,8 @@ async def wait_for_api_socket(
         while True:
             if not process.running():
                 await process.wait()
+                # Its last words may still be in the pipe: let the follower drain it first.
+                await anyio.to_thread.run_sync(console.join, CONSOLE_DRAIN_S)
                 raise VMOperationFailed(
                     f"Firecracker exited (status {process.exit_code}) before its API socket "
                     f"{socket_path} appeared: {console.tail()}"
