@@ -1,14 +1,16 @@
 """The guest's initramfs: static busybox, the kernel modules it needs, and ``init``.
 
 Written as a newc cpio in Python (deterministic: fixed owners and times, sorted entries), then
-gzipped. The guest agent is not in it: :func:`agent_cpio` packs the current agent as a second,
-tiny archive that drivers append (the kernel unpacks concatenated archives in order), so a new
-agent never means rebuilding the image.
+gzipped. The guest agent is not in it: :func:`agent_cpio` packs the current agent, with the
+current ``init`` beside it, as a second, tiny archive that drivers append (the kernel unpacks
+concatenated archives in order, a later file replacing an earlier one), so a new agent never
+means rebuilding the image, and the init that starts the agent always speaks its flags.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import stat
 from collections.abc import Iterable
@@ -28,6 +30,7 @@ __all__ = [
     "AGENT_PATH",
     "CpioEntry",
     "agent_cpio",
+    "boot_payload_digest",
     "build_initramfs",
     "init_script",
     "newc_archive",
@@ -127,9 +130,16 @@ def build_initramfs(kernel: KernelFiles, busybox: Path) -> bytes:
 
 
 def agent_cpio(zipapp: bytes) -> bytes:
-    """A gzipped archive holding only the guest agent, to append to the initramfs."""
+    """A gzipped archive of the guest agent and the init that starts it, to append to the
+    image's initramfs (replacing the image's own, possibly older, init)."""
     entries = [
+        CpioEntry("init", stat.S_IFREG | 0o755, init_script()),
         CpioEntry("projectvm", stat.S_IFDIR | 0o755),
         CpioEntry(AGENT_PATH, stat.S_IFREG | 0o644, zipapp),
     ]
     return _gzip(newc_archive(entries))
+
+
+def boot_payload_digest(agent_digest: str) -> str:
+    """Names what :func:`agent_cpio` appends: this agent with this init."""
+    return hashlib.sha256(agent_digest.encode() + init_script()).hexdigest()[:16]

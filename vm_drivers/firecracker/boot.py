@@ -24,7 +24,7 @@ from guest_runtime.image.artifacts import (
     images_dir,
     load_vm_artifacts,
 )
-from guest_runtime.image.initramfs import agent_cpio
+from guest_runtime.image.initramfs import agent_cpio, boot_payload_digest
 from guest_runtime.protocol import GuestInfo
 from vm_drivers.config import FirecrackerDriverConfig
 from vm_drivers.errors import DriverError, DriverUnavailable, VMOperationFailed
@@ -73,8 +73,8 @@ IMAGES_HINT = (
 
 
 def _with_agent(artifacts: VMArtifacts, cache: Path) -> Path:
-    """The image's initramfs with the current agent appended (kept per agent version)."""
-    target = cache / f"{artifacts.digest}-{agent_zipapp_digest()}.img"
+    """The image's initramfs with the current agent and init appended (kept per pair)."""
+    target = cache / f"{artifacts.digest}-{boot_payload_digest(agent_zipapp_digest())}.img"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.{os.getpid()}")

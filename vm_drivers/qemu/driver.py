@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from guest_runtime.bundle import agent_zipapp, agent_zipapp_digest
 from guest_runtime.image.artifacts import ArtifactsError, VMArtifacts, load_vm_artifacts
 from guest_runtime.image.disk import DiskError, grow_data_disk, make_data_disk
-from guest_runtime.image.initramfs import agent_cpio
+from guest_runtime.image.initramfs import agent_cpio, boot_payload_digest
 from vm_drivers.base import (
     Availability,
     DriverContext,
@@ -210,8 +210,12 @@ class QemuDriver(ClosingDriver):
         return self._accel
 
     async def _initrd(self, artifacts: VMArtifacts) -> Path:
-        """The image's initramfs with the current agent appended (cached per agent version)."""
-        target = self.root / "initrd" / f"{artifacts.digest}-{agent_zipapp_digest()}.img"
+        """The image's initramfs with the current agent and init appended (cached per pair)."""
+        target = (
+            self.root
+            / "initrd"
+            / f"{artifacts.digest}-{boot_payload_digest(agent_zipapp_digest())}.img"
+        )
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             data = artifacts.initramfs.read_bytes() + agent_cpio(agent_zipapp())
