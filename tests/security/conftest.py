@@ -8,8 +8,10 @@ import pytest
 from mcp import Client
 
 from server.domain.config import ServerConfig
+from server.store import Store
 from server.surfaces.mcp.server import ServerHandle, build_server
-from tests.helpers import call
+from tests.helpers import call, issue_token
+from tests.servers import http_client, http_server
 
 
 @pytest.fixture
@@ -26,15 +28,28 @@ async def owner(driver_config: ServerConfig) -> AsyncIterator[tuple[Client, Serv
 
 @pytest.fixture
 async def owner_and_member(
-    owner: tuple[Client, ServerHandle, str], driver_config: ServerConfig
-) -> AsyncIterator[tuple[Client, Client, str, ServerHandle]]:
-    """alice's project, and bob: a read_write member of it on the same server."""
-    alice, handle, project_id = owner
-    assert handle.state is not None
-    await handle.state.service.agents.ensure("bob")
-    await call(
-        alice, "assign_agent", project_id=project_id, agent_id="bob", access_level="read_write"
-    )
-    second = build_server(driver_config, transport="memory", agent="bob")
-    async with Client(second.mcp) as bob:
-        yield alice, bob, project_id, handle
+    driver_config: ServerConfig,
+) -> AsyncIterator[tuple[Client, Client, str]]:
+    """alice's project, and bob: a read_write member of it, each with a token, over HTTP to
+    one server (a VM's channel belongs to one server: a second one on the same data directory
+    could not reach it)."""
+    driver_config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with await Store.open(driver_config.db_path) as store:
+        tokens = {name: await issue_token(store, name) for name in ("alice", "bob")}
+    async with (
+        http_server(driver_config) as url,
+        http_client(url, tokens["alice"]) as alice,
+        http_client(url, tokens["bob"]) as bob,
+    ):
+        project_id = (await call(alice, "create_project", name="security"))["project_id"]
+        try:
+            await call(
+                alice,
+                "assign_agent",
+                project_id=project_id,
+                agent_id="bob",
+                access_level="read_write",
+            )
+            yield alice, bob, project_id
+        finally:
+            await call(alice, "delete_project", project_id=project_id)

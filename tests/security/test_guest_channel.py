@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,20 +27,18 @@ from tests.servers import http_client, http_server
 pytestmark = pytest.mark.anyio
 
 # Both attacks below first make sure they run where the test means them to: in a sandbox or VM
-# that cannot see this host's processes (the test runner is one). Where a command can see the
-# host (a backend without isolation), they touch nothing and say so.
+# that cannot see this host's processes. The test runner names itself (its pid and the digest of
+# its command line: a sandbox's own processes may mention the test's paths, never match both);
+# where a command can see it (a backend without isolation), they touch nothing and say so.
 GUARD = r"""
-import os, sys
-runner = ("py" + "test").encode()  # spelt apart: this very command line must not match
+import hashlib, os, sys
 def sees_the_host():
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if runner in open("/proc/%s/cmdline" % pid, "rb").read():
-                    return True
-            except OSError:
-                pass
-    return False
+    pid, digest = sys.argv[1].split(":")
+    try:
+        seen = open("/proc/%s/cmdline" % pid, "rb").read()
+    except OSError:
+        return False
+    return hashlib.sha256(seen).hexdigest() == digest
 if sees_the_host():
     print("NOT ISOLATED: this command sees the host processes; it touched nothing")
     sys.exit(0)
@@ -51,7 +51,7 @@ FORGE = (
     GUARD
     + r"""
 import base64, glob, json, stat
-victim = sys.argv[1]
+victim = sys.argv[2]
 passed = base64.b64encode(b"all tests passed\n").decode()
 forged = [
     {"jsonrpc": "2.0", "method": "exec.output",
@@ -133,10 +133,13 @@ print(json.dumps({"before": before, "after": after, "done": done}))
 """
 )
 
+# The test runner as GUARD recognises it: its pid and the digest of its command line.
+RUNNER = f"{os.getpid()}:{hashlib.sha256(Path('/proc/self/cmdline').read_bytes()).hexdigest()}"
+
 
 async def run_attack(client: Client, project_id: str, script: str, *args: str) -> str:
     """Run an attack script in the project; fail (touching nothing) where it sees the host."""
-    command = " ".join([f"python3 -c '{script}'", *args])
+    command = " ".join([f"python3 -c '{script}'", RUNNER, *args])
     with anyio.fail_after(60):
         result = await call(client, "run_command", project_id=project_id, command=command)
     if result["stdout"].startswith("NOT ISOLATED"):

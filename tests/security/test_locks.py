@@ -5,18 +5,17 @@ from __future__ import annotations
 import pytest
 from mcp import Client
 
-from server.surfaces.mcp.server import ServerHandle
 from tests.helpers import call, call_error
 
 pytestmark = pytest.mark.anyio
 
-Pair = tuple[Client, Client, str, ServerHandle]
+Pair = tuple[Client, Client, str]
 
 
 async def test_a_lock_cannot_be_walked_around_by_another_spelling_of_its_path(
     owner_and_member: Pair,
 ) -> None:
-    alice, bob, project_id, _ = owner_and_member
+    alice, bob, project_id = owner_and_member
     await call(alice, "write_file", project_id=project_id, path="src/main.py", content="x = 1\n")
     await call(alice, "run_command", project_id=project_id, command="ln -s src link")
     await call(alice, "lock_path", project_id=project_id, path="src", ttl_s=600)
@@ -43,7 +42,7 @@ async def test_a_lock_cannot_be_walked_around_by_another_spelling_of_its_path(
 
 
 async def test_locking_through_a_symlink_locks_what_it_points_to(owner_and_member: Pair) -> None:
-    alice, bob, project_id, _ = owner_and_member
+    alice, bob, project_id = owner_and_member
     await call(alice, "write_file", project_id=project_id, path="real/a.txt", content="a")
     await call(alice, "run_command", project_id=project_id, command="ln -s real alias")
     locked = await call(alice, "lock_path", project_id=project_id, path="alias", ttl_s=600)
