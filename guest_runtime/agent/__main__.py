@@ -28,6 +28,7 @@ from .http_face import DEFAULT_PING_INTERVAL_S, HttpFace, parse_listen_address, 
 from .paths import Workspace
 from .rpc import DEFAULT_MAX_LINE_BYTES, Connection
 from .system import System
+from .terminals import Terminals
 
 
 class Agent:
@@ -41,6 +42,8 @@ class Agent:
         handlers: Dict[str, Any] = {}
         handlers.update(self.execs.handlers())
         handlers.update(self.files.handlers())
+        self.terminals = Terminals(self.workspace, self._notify)
+        handlers.update(self.terminals.handlers())
         self.system = System(self.workspace, [], self.stopping.set)
         handlers.update(self.system.handlers())
         self.system.capabilities.extend(handlers)
@@ -59,7 +62,9 @@ class Agent:
         return await self.system.hello(params)
 
     def end_session(self) -> None:
+        """The host's session is over: what it started (commands, terminals) is killed."""
         self.execs.kill_all()
+        self.terminals.kill_all()
 
     async def _notify(self, method: str, params: Dict[str, Any]) -> None:
         if self.connection is not None:
@@ -87,7 +92,7 @@ async def _serve_stdio(agent: Agent) -> None:
     try:
         await agent.serve(reader, writer)
     finally:
-        agent.execs.kill_all()
+        agent.end_session()
 
 
 def _not_dumpable() -> None:
@@ -183,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 await _serve_stdio(agent)
         finally:
-            agent.execs.kill_all()
+            agent.end_session()
 
     asyncio.run(run())
     os.sync()  # what the commands wrote reaches the disks before the VM is reset
