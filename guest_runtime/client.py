@@ -392,6 +392,8 @@ class GuestClient:
             self._terminals.pop(handle.term_id, None)
             raise
         handle.pid = int(opened.get("pid", 0))
+        argv = opened.get("argv")
+        handle.argv = [str(arg) for arg in argv] if isinstance(argv, list) else []
         return handle
 
     async def read_file(

@@ -40,6 +40,7 @@ class TerminalHandle:
         self.client = client
         self.term_id = term_id
         self.pid = pid
+        self.argv: list[str] = []  # what the guest runs (the login shell, when no command)
         self.exit: TermExit | None = None
         self._queue: deque[TermEvent] = deque()
         self._queued_bytes = 0
@@ -66,24 +67,34 @@ class TerminalHandle:
             self._queued_bytes -= len(oldest.data)
             self._dropped += len(oldest.data) + oldest.skipped
 
-    async def events(self) -> AsyncIterator[TermEvent]:
-        """Output in ``seq`` order, then the exit; raises if the channel is lost first."""
+    async def receive(self) -> TermEvent:
+        """The next piece of output, or the exit (again, once it came); raises if the channel
+        is lost first. Safe to cancel: nothing is taken until it returns."""
         while True:
-            while self._queue:
+            if self._queue:
                 event = self._queue.popleft()
                 if isinstance(event, TermExit):
                     self.exit = event
-                    yield event
-                    return
+                    return event
                 self._queued_bytes -= len(event.data)
                 if self._dropped:
                     event = event.model_copy(update={"skipped": self._dropped})
                     self._dropped = 0
-                yield event
+                return event
+            if self.exit is not None:
+                return self.exit
             if self._lost is not None:
                 raise self._lost
             arrived = self._arrived = anyio.Event()
             await arrived.wait()
+
+    async def events(self) -> AsyncIterator[TermEvent]:
+        """Output in ``seq`` order, then the exit; raises if the channel is lost first."""
+        while True:
+            event = await self.receive()
+            yield event
+            if isinstance(event, TermExit):
+                return
 
     async def write(self, data: bytes) -> int:
         """Type ``data`` into the terminal; returns how many bytes it took."""

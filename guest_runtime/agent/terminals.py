@@ -323,7 +323,7 @@ class Terminals:
         term.start_reading()
         term.pump = asyncio.ensure_future(self._pump(term))
         term.supervisor = asyncio.ensure_future(self._supervise(term))
-        return {"term_id": term_id, "pid": proc.pid}
+        return {"term_id": term_id, "pid": proc.pid, "argv": argv}
 
     # -- output and the end -------------------------------------------------------------------
 

@@ -92,12 +92,19 @@ class Screen:
     # -- reading ------------------------------------------------------------------------------
 
     def lines(self) -> list[str]:
-        """Every row of the screen as text, trailing blanks dropped."""
-        return ["".join(row).rstrip() for row in self.grid]
+        """Every row of the screen as text, trailing blanks dropped, except those before the
+        cursor on its row (a prompt keeps its space: ``>>> ``)."""
+        lines = ["".join(row).rstrip() for row in self.grid]
+        row = self.grid[self.y]
+        lines[self.y] = "".join(row[: self.x]) + "".join(row[self.x :]).rstrip()
+        return lines
 
     def text(self) -> str:
         """The screen's rows, newline-separated, without the blank rows at the bottom."""
-        return "\n".join(self.lines()).rstrip("\n")
+        lines = self.lines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return "\n".join(lines)
 
     @property
     def cursor(self) -> tuple[int, int]:

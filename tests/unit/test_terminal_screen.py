@@ -144,3 +144,11 @@ def test_a_resize_keeps_the_cursor_line_and_cuts_or_pads_lines() -> None:
 def test_a_reset_clears_everything() -> None:
     screen = screen_after("text\x1b[?1049h\x1b[2;3rmore\x1bc")
     assert (screen.text(), screen.alternate, screen.cursor) == ("", False, (0, 0))
+
+
+def test_a_prompt_keeps_the_blanks_before_the_cursor() -> None:
+    screen = screen_after(">>> ")
+    assert screen.lines()[0] == ">>> "
+    assert screen.text() == ">>> "
+    screen.feed(b"\r\n\r\n   ")
+    assert screen.text() == ">>>"  # blank rows at the bottom are left out
