@@ -592,12 +592,13 @@ class Terminals:
                 return self._info(live, runtime)
             return _info_of(execution, 0, 0)
         reason = f"closed by {caller.agent_id}"
-        if runtime is not None and live.withdraw(runtime.queue, ExecutionStatus.CANCELLED, reason):
-            pass  # it never opened: its task records that
+        if live.handle is None:
+            # Still waiting for a slot (it never opens), or being opened (closed once open).
+            if runtime is not None:
+                live.withdraw(runtime.queue, ExecutionStatus.CANCELLED, reason)
         elif live.abort_reason is None:
             live.abort_status, live.abort_reason = ExecutionStatus.COMPLETED, reason
-            if live.handle is not None:
-                await self._hang_up(live)
+            await self._hang_up(live)
         with anyio.move_on_after(CLOSE_WAIT_S):
             await live.finished.wait()
         if not live.finished.is_set():
