@@ -145,6 +145,7 @@ class Terminal:
         self.master_closed = False
         self.data_ready = asyncio.Event()
         self.input_lock = asyncio.Lock()
+        self.writable: Optional["asyncio.Future[None]"] = None  # input waiting for room
         self.closed = False  # the host asked for it to end
         self.killed = False  # what was left was killed
         self.done = asyncio.Event()
@@ -185,6 +186,9 @@ class Terminal:
         self.stop_reading()
         if not self.master_closed:
             self.master_closed = True
+            asyncio.get_event_loop().remove_writer(self.master)
+            if self.writable is not None and not self.writable.done():
+                self.writable.set_result(None)  # the writer sees it closed and gives up
             os.close(self.master)
         self.eof = True
         self.data_ready.set()
@@ -400,6 +404,8 @@ class Terminals:
         async with term.input_lock:  # concurrent calls must not interleave their bytes
             view = memoryview(data)
             while view:
+                if term.master_closed:  # ended while waiting: its descriptor may be reused
+                    raise GuestError("stdin_closed", "terminal %r has ended" % term.term_id)
                 try:
                     written = os.write(term.master, view)
                 except (BlockingIOError, InterruptedError):
@@ -417,6 +423,7 @@ class Terminals:
             raise GuestError("stdin_closed", "terminal %r has ended" % term.term_id)
         loop = asyncio.get_event_loop()
         ready: "asyncio.Future[None]" = loop.create_future()
+        term.writable = ready
 
         def writable() -> None:
             if not ready.done():
@@ -424,7 +431,7 @@ class Terminals:
 
         loop.add_writer(term.master, writable)
         try:
-            await asyncio.wait_for(ready, INPUT_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.shield(ready), INPUT_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise GuestError(
                 "resource_exhausted",
@@ -432,6 +439,7 @@ class Terminals:
                 "is full (press ctrl-c, or close the terminal)" % (term.term_id, INPUT_TIMEOUT_S),
             ) from None
         finally:
+            term.writable = None
             if not term.master_closed:
                 loop.remove_writer(term.master)
 

@@ -8,7 +8,7 @@ import pytest
 
 from guest_runtime.agent import methods
 from guest_runtime.client import GuestClient
-from guest_runtime.errors import InvalidRequest, UnknownExecution
+from guest_runtime.errors import InvalidRequest, StdinClosed, UnknownExecution
 from guest_runtime.protocol import TermExit, TermOutput
 from guest_runtime.terminal import MAX_QUEUED_BYTES
 
@@ -73,3 +73,34 @@ async def test_output_nobody_takes_is_bounded_and_the_gap_is_reported(
     assert exit_info.output_bytes == produced
     assert kept + skipped == produced
     assert MAX_QUEUED_BYTES - 64 * 1024 <= kept <= MAX_QUEUED_BYTES
+
+
+async def test_input_a_program_does_not_read_waits_and_fails_when_the_terminal_closes(
+    guest: GuestClient,
+) -> None:
+    handle = await guest.open_terminal("stty raw -echo; echo ready; sleep 60")
+    reader_events = handle.events()
+    seen = b""
+    with anyio.fail_after(30):
+        while b"ready" not in seen:
+            event = await anext(reader_events)
+            assert isinstance(event, TermOutput)
+            seen += event.data
+    failure: list[BaseException] = []
+
+    async def type_a_lot() -> None:
+        try:
+            await handle.write(b"x" * (4 * 1024 * 1024))
+        except StdinClosed as err:
+            failure.append(err)
+
+    with anyio.fail_after(20):  # well before the 30 s an unread input may wait
+        async with anyio.create_task_group() as group:
+            group.start_soon(type_a_lot)
+            # One round trip: the agent serves requests in order, so the write has begun (and
+            # found the terminal's input full) by the time this is answered.
+            await guest.call(methods.TERM_LIST)
+            closed = await handle.close(grace_s=0.5)
+    assert closed.closed
+    assert failure, "the pending input failed when its terminal ended"
+    assert "has ended" in str(failure[0])
