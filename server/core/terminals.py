@@ -147,16 +147,21 @@ class Terminals:
         """Open the PTY in the VM; returns the command to record (the shell, when none)."""
         client = await self._lifecycle.client(project)
         _require_terminals(client, project)
-        live.handle = await client.open_terminal(
-            request.command,
-            cols=live.cols,
-            rows=live.rows,
-            cwd=request.cwd,
-            env=env,
-            fsize_limit=await self._storage.file_size_limit(project, client),
-            term_id=live.execution.execution_id,
-        )
-        return request.command or shlex.join(live.handle.argv) or LOGIN_SHELL
+        file_limit = await self._storage.file_size_limit(project, client)
+        # Shielded: a caller that gives up while the guest opens it must not leave a terminal
+        # in the VM that nobody knows of (once known, giving up closes it).
+        with anyio.CancelScope(shield=True):
+            handle = await client.open_terminal(
+                request.command,
+                cols=live.cols,
+                rows=live.rows,
+                cwd=request.cwd,
+                env=env,
+                fsize_limit=file_limit,
+                term_id=live.execution.execution_id,
+            )
+        live.handle = handle
+        return request.command or shlex.join(handle.argv) or LOGIN_SHELL
 
     async def _open_now(
         self, project: Project, live: LiveTerminal, request: OpenTerminal, env: dict[str, str]
