@@ -5,6 +5,11 @@ answers back to their callers, ``exec.output``/``exec.exit`` notifications to th
 :class:`ExecHandle` that started the command and ``term.output``/``term.exit`` to the
 :class:`~guest_runtime.terminal.TerminalHandle` of the terminal. When the channel ends, every
 waiting call, running execution and open terminal fails with :class:`GuestUnreachable`.
+
+Only what belongs to this channel is routed: an answer to an id it never sent, a notification
+for an execution or terminal it did not start (or that already ended), output out of its
+``seq`` order, are counted in ``strays``, logged, and dropped. (The guest keeps commands off the
+channel; this is the host not taking a stray message's word for anything.)
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -34,6 +40,7 @@ from guest_runtime.protocol import (
     ExecExit,
     ExecOutput,
     FileData,
+    FileEdit,
     GuestInfo,
     GuestStats,
     ListResult,
@@ -54,6 +61,12 @@ DEFAULT_MAX_LINE_BYTES = 96 * 1024 * 1024
 DEFAULT_CALL_TIMEOUT_S = 300.0
 
 ExecEvent = ExecOutput | ExecExit
+
+log = logging.getLogger("projectvm.guest")
+
+# Stray messages logged one by one; past this, every LOG_STRAYS_EVERY-th only.
+LOG_STRAYS_FIRST = 10
+LOG_STRAYS_EVERY = 1000
 
 
 class _Pending:
@@ -77,6 +90,7 @@ class ExecHandle:
         self._queue: deque[ExecEvent] = deque()
         self._lost: GuestUnreachable | None = None
         self._arrived = anyio.Event()
+        self.next_seq = 0  # the agent numbers each execution's output 0, 1, 2, ...
 
     def _deliver(self, event: ExecEvent | GuestUnreachable) -> None:
         if isinstance(event, GuestUnreachable):
@@ -120,7 +134,9 @@ class GuestClient:
         self._reader = BufferedByteReceiveStream(stream)
         self._max_line_bytes = max_line_bytes
         self._ids = itertools.count(1)
+        self._last_id = 0
         self._pending: dict[int, _Pending] = {}
+        self.strays = 0
         self._execs: dict[str, ExecHandle] = {}
         self._terminals: dict[str, TerminalHandle] = {}
         self._write_lock = anyio.Lock()
@@ -228,7 +244,11 @@ class GuestClient:
         request_id = message.get("id")
         pending = self._pending.get(request_id) if isinstance(request_id, int) else None
         if pending is None:
-            return  # an answer to a call its caller gave up on, or a protocol-level error
+            if request_id is None and "error" in message:
+                log.warning("the guest agent reported an error of no request: %s", line[:200])
+            elif not (isinstance(request_id, int) and 0 < request_id <= self._last_id):
+                self._stray("an answer to a request this channel never sent", line)
+            return  # else: an answer to a call its caller gave up on
         if "error" in message:
             pending.error = guest_error_from_wire(message["error"])
         else:
@@ -242,19 +262,47 @@ class GuestClient:
             return
         handle = self._execs.get(str(params.get("exec_id")))
         if handle is None:
+            self._stray(f"{method} for an execution this channel is not running", repr(params))
             return
         if method == methods.EXEC_OUTPUT:
-            handle._deliver(ExecOutput.from_wire(params))
+            output = ExecOutput.from_wire(params)
+            if output.seq != handle.next_seq:
+                self._stray(f"output out of order (expected seq {handle.next_seq})", repr(params))
+                return
+            handle.next_seq += 1
+            handle._deliver(output)
         elif method == methods.EXEC_EXIT:
             self._execs.pop(handle.exec_id, None)
             handle._deliver(ExecExit.model_validate(params))
+        else:
+            self._stray(f"an unknown notification {method!r}", repr(params))
+
+    def _stray(self, what: str, message: bytes | str) -> None:
+        """Count and log a message that belongs to nothing this channel started; never route
+        it (a command that reached the channel could otherwise forge another's results)."""
+        self.strays += 1
+        if self.strays <= LOG_STRAYS_FIRST or self.strays % LOG_STRAYS_EVERY == 0:
+            excerpt = message[:200]
+            log.warning(
+                "dropped a stray message from the guest (%d so far): %s: %r",
+                self.strays,
+                what,
+                excerpt,
+            )
 
     def _on_terminal(self, method: str, params: dict[str, Any]) -> None:
         terminal = self._terminals.get(str(params.get("term_id")))
         if terminal is None:
+            self._stray(f"{method} for a terminal this channel has not open", repr(params))
             return
         if method == methods.TERM_OUTPUT:
-            terminal._deliver(TermOutput.from_wire(params))
+            output = TermOutput.from_wire(params)
+            if output.seq != terminal.next_seq:
+                expected = f"expected seq {terminal.next_seq}"
+                self._stray(f"terminal output out of order ({expected})", repr(params))
+                return
+            terminal.next_seq += 1
+            terminal._deliver(output)
         else:
             self._terminals.pop(terminal.term_id, None)
             terminal._deliver(TermExit.model_validate(params))
@@ -282,6 +330,7 @@ class GuestClient:
         if self._closed.is_set():
             raise GuestUnreachable(self._close_reason)
         request_id = next(self._ids)
+        self._last_id = request_id
         pending = _Pending()
         self._pending[request_id] = pending
         message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
@@ -424,6 +473,29 @@ class GuestClient:
         )
         return WriteResult.model_validate(await self.request(methods.FS_WRITE, request))
 
+    async def edit_file(
+        self,
+        path: str,
+        edits: Sequence[methods.TextEdit],
+        *,
+        if_match: str | None = None,
+        dry_run: bool = False,
+        max_diff_bytes: int | None = None,
+        max_file_bytes: int | None = None,
+        max_growth_bytes: int | None = None,
+    ) -> FileEdit:
+        """Exact-text edits done in the guest, all or none, with a (bounded) diff."""
+        request = methods.FsEdit(
+            path,
+            list(edits),
+            if_match,
+            dry_run,
+            max_diff_bytes,
+            max_file_bytes,
+            max_growth_bytes,
+        )
+        return FileEdit.model_validate(await self.request(methods.FS_EDIT, request))
+
     async def stat(self, path: str, *, sha256: bool = False, follow: bool = True) -> StatResult:
         result = await self.request(methods.FS_STAT, methods.FsStat(path, sha256, follow))
         return StatResult.model_validate(result)
@@ -472,12 +544,16 @@ class GuestClient:
         ignore_case: bool = False,
         glob: str | None = None,
         max_results: int = 200,
+        timeout_s: float | None = None,
     ) -> SearchResult:
-        request = methods.FsSearch(pattern, path, regex, ignore_case, glob, max_results)
+        """Search in the guest (a child process there, killed past ``timeout_s``: 30 s)."""
+        request = methods.FsSearch(pattern, path, regex, ignore_case, glob, max_results, timeout_s)
         return SearchResult.model_validate(await self.request(methods.FS_SEARCH, request))
 
-    async def usage(self) -> UsageResult:
-        return UsageResult.model_validate(await self.request(methods.FS_USAGE, methods.Empty()))
+    async def usage(self, *, max_age_s: float | None = None) -> UsageResult:
+        """Workspace usage; a walked count up to ``max_age_s`` old will do."""
+        request = methods.FsUsage(max_age_s=max_age_s)
+        return UsageResult.model_validate(await self.request(methods.FS_USAGE, request))
 
     async def stats(self) -> GuestStats:
         return GuestStats.model_validate(await self.request(methods.SYSTEM_STATS, methods.Empty()))

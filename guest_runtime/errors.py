@@ -20,6 +20,8 @@ matching builtin so ``except FileNotFoundError`` keeps working. The whole tree::
     │   ├── GuestPermissionDenied     (PermissionError)  not executable, not writable
     │   ├── WorkspaceFull             (OSError)          no space or quota left
     │   ├── GuestResourceExhausted    (OSError)          out of processes
+    │   ├── ContentTooLarge           (ValueError)       a file or an edit's result over a cap
+    │   ├── GuestTimeout              (TimeoutError)     work stopped at its deadline (search)
     │   ├── GuestIOError              (OSError)          any other I/O failure
     │   └── InvalidRequest            (ValueError)       bad params, oversized request
     ├── GuestUnreachable              (ConnectionError)  the channel to the guest is gone
@@ -34,12 +36,14 @@ from typing import Any
 
 __all__ = [
     "CommandNotFound",
+    "ContentTooLarge",
     "DirectoryNotEmpty",
     "GuestError",
     "GuestIOError",
     "GuestPermissionDenied",
     "GuestProtocolError",
     "GuestResourceExhausted",
+    "GuestTimeout",
     "GuestUnreachable",
     "InvalidPath",
     "InvalidRequest",
@@ -144,6 +148,19 @@ class WorkspaceFull(GuestError, OSError):
     kind = "no_space"
 
 
+class ContentTooLarge(GuestError, ValueError):
+    """A file, or what an edit would make of it, is over a size cap; ``data`` says which
+    (``what``: ``file`` or ``storage``), the size it has or would have, and the cap."""
+
+    kind = "too_large"
+
+
+class GuestTimeout(GuestError, TimeoutError):
+    """The guest stopped a piece of work that passed its deadline (a search)."""
+
+    kind = "timeout"
+
+
 class GuestIOError(GuestError, OSError):
     kind = "io_error"
 
@@ -182,6 +199,8 @@ _BY_KIND: dict[str, type[GuestError]] = {
         WorkspaceFull,
         GuestIOError,
         GuestResourceExhausted,
+        ContentTooLarge,
+        GuestTimeout,
     )
 }
 _BY_KIND.update(

@@ -15,6 +15,7 @@ __all__ = [
     "ExecExit",
     "ExecOutput",
     "FileData",
+    "FileEdit",
     "GuestInfo",
     "GuestStats",
     "ListResult",
@@ -42,6 +43,8 @@ class GuestInfo(_Wire):
     hostname: str = ""
     pid: int = 0
     uid: int = 0
+    command_uid: int | None = None  # commands run as another uid than the agent's: isolated
+    command_gid: int | None = None
 
 
 class ExecOutput(_Wire):
@@ -112,11 +115,23 @@ class FileData(_Wire):
 
 class WriteResult(_Wire):
     path: str
-    sha256: str
+    sha256: str | None  # None after an append (the whole file is not hashed again)
     size: int
     created: bool
     previous_sha256: str | None = None
     previous_size: int = 0
+
+
+class FileEdit(_Wire):
+    path: str
+    sha256: str  # after the edit (before it, on a dry run)
+    previous_sha256: str
+    size: int
+    previous_size: int
+    replacements: int
+    diff: str
+    diff_truncated: bool = False
+    applied: bool
 
 
 class DirEntry(_Wire):
@@ -161,6 +176,10 @@ class UsageResult(_Wire):
     fs_total_bytes: int
     fs_free_bytes: int
     elapsed_ms: int
+    # "filesystem": the workspace's own filesystem counted it; "walk": its tree was walked.
+    method: Literal["filesystem", "walk"] = "walk"
+    complete: bool = True  # False: the walk hit its deadline, used_bytes is a lower bound
+    age_ms: int = 0  # how old the walk's count is
 
 
 class GuestStats(_Wire):

@@ -41,6 +41,7 @@ class TerminalHandle:
         self.term_id = term_id
         self.pid = pid
         self.argv: list[str] = []  # what the guest runs (the login shell, when no command)
+        self.next_seq = 0  # the seq the next output must have (others are strays)
         self.exit: TermExit | None = None
         self._queue: deque[TermEvent] = deque()
         self._queued_bytes = 0

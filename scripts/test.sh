@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/engine.sh"
 cd "$ROOT"
 
 if [ "$(uname -s)" = Linux ]; then
-    apt_install bubblewrap python3 procps qemu-system-x86 lz4 debootstrap e2fsprogs
+    apt_install bubblewrap python3 procps qemu-system-x86 lz4 debootstrap e2fsprogs slirp4netns
 fi
 ensure_venv dev
 

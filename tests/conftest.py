@@ -100,9 +100,19 @@ def write_driver_options(data_dir: Path, options: dict[str, dict[str, object]]) 
 
 
 def requires_isolation(config: ServerConfig) -> None:
-    """Skip a test of isolation on a driver that promises none."""
+    """Skip a test of isolation on a backend that provides none: the process driver, and
+    fake-firecracker (it runs the agent as a plain process of this host: no guest kernel)."""
     if config.driver == "process":
         pytest.skip("the process driver promises no isolation: it runs the agent as the server")
+    binary = Path(str(config.drivers.get("firecracker", {}).get("binary", "")))
+    # The fake's wrapper script execs tests/firecracker/fake_firecracker.py.
+    fake = binary.is_file() and "fake_firecracker.py" in binary.read_text(errors="replace")
+    if config.driver == "firecracker" and fake:
+        pytest.skip(
+            "fake-firecracker runs the guest agent as a plain process of this host (there is "
+            "no guest kernel here): its commands are not isolated, so isolation is not tested "
+            "on it"
+        )
 
 
 @pytest.fixture
@@ -163,6 +173,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 pytest_plugins = ["tests.fixtures.firecracker"]
 
 TEST_IMAGES = Path(os.environ.get("PROJECTVM_TEST_IMAGES", "/var/tmp/projectvm-test-images"))
+
+
+@pytest.fixture(scope="session")
+def rootfs_tree() -> Path:
+    """The runtime image's Debian tree (the minimal template), shared by every test run on the
+    machine: the local sandbox's root in its image mode; skips with the reason if this host
+    cannot build it."""
+    from tests.vm_images import ensure_test_tree
+
+    try:
+        return ensure_test_tree(TEST_IMAGES)
+    except Exception as err:  # any reason this host cannot build a tree is a skip reason
+        pytest.skip(f"cannot build the runtime image's tree here: {err}")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,3 +46,16 @@ async def eventually(
 async def issue_token(store: Store, agent_id: str) -> str:
     """A new agent with a token, as `projectvm agents add` makes it."""
     return await Agents(store).issue_token(agent_id)
+
+
+def outside_address() -> str | None:
+    """A non-loopback IPv4 address of this host: a listener there is outside every sandbox,
+    reachable with egress (None if the host has none, or no iproute2 to ask)."""
+    if shutil.which("ip") is None:
+        return None
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
+    for line in shown.stdout.splitlines():
+        address = line.split()[3].split("/")[0]
+        if not address.startswith("127."):
+            return address
+    return None

@@ -3,6 +3,7 @@ how (a ``projectvm serve`` process over stdio or HTTP, or an in-process HTTP ser
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,9 +18,32 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from server.domain.config import ServerConfig
+from server.domain.config import CONFIG_FILENAME, ServerConfig
 from server.surfaces.http.serve import serve_http
 from server.surfaces.mcp.server import build_server
+
+
+def write_config(config: ServerConfig) -> None:
+    """Put ``config``'s driver and driver options in its data directory's config file, so a
+    server process started there (``serve_process``) runs the same backend as the test."""
+    lines = [f"driver = {_toml(config.driver)}"]
+    for name, options in config.drivers.items():
+        lines.append(f"\n[drivers.{name}]")
+        # TOML has no null: an option left at None is left out (its default).
+        lines += [f"{key} = {_toml(value)}" for key, value in options.items() if value is not None]
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    (config.data_dir / CONFIG_FILENAME).write_text("\n".join(lines) + "\n")
+
+
+def _toml(value: object) -> str:
+    """A TOML value: JSON's strings, numbers and arrays are TOML's, tables become inline."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return json.dumps(value if isinstance(value, int | float | str) else str(value))
 
 
 def stdio_params(

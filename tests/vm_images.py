@@ -23,6 +23,25 @@ def _why_not(tree_ready: bool) -> str | None:
     return None
 
 
+def ensure_test_tree(cache: Path) -> Path:
+    """The Debian tree in ``cache`` (the local sandbox's image root), built if missing, where
+    `projectvm image build --template minimal` keeps it."""
+    data_dir = cache / "data"
+    tree = tree_path(data_dir, TEMPLATE)
+    if tree_is_current(tree, TEMPLATE):
+        return tree
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        raise RuntimeError(
+            "building a root filesystem needs root and debootstrap (apt-get install debootstrap)"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tree_is_current(tree, TEMPLATE):
+            anyio.run(build_image, data_dir, TEMPLATE, [])
+    return tree
+
+
 def ensure_test_images(cache: Path) -> Path:
     """The artifacts directory in ``cache``, built if missing (serialised across processes)."""
     cache.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ __all__ = [
     "LABEL_VM",
     "Availability",
     "DriverContext",
+    "ReportsStorageMode",
     "SupportsSuspend",
     "VMCreationResult",
     "VMDriver",
@@ -168,6 +169,14 @@ class Metered(Protocol):
     def billing(self, spec: VMSpec) -> Billing:
         """How a VM made from ``spec`` is billed."""
         ...
+
+
+@runtime_checkable
+class ReportsStorageMode(Protocol):
+    """A driver that says how it keeps ``max_storage_gb``: ``filesystem: ...`` where the
+    workspace is a filesystem of that size, ``guard: ...`` where writers are stopped past it."""
+
+    async def storage_mode(self) -> str: ...
 
 
 @runtime_checkable

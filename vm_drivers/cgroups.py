@@ -5,11 +5,13 @@ so every process in it is counted from the first. Works on cgroup v1 (one hierar
 controller) and v2 (unified, when the controllers are delegated to us); the cgroups nest under
 this server's own, so a container running ProjectVM keeps its own limits. Where a controller
 cannot be used (no permission, not delegated) the limit is skipped and ``status`` says why.
+
+A sandbox's cgroup is removed when it ends, and this installation's group with it once it holds
+no sandbox; ``reap`` removes what a killed server left behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import shlex
@@ -107,9 +109,7 @@ class Cgroups:
                 continue
             directory = self._dir(controller, vm_id)
             try:
-                if self.version == 2:
-                    self._delegate(controller.directory / self.group, name)
-                directory.mkdir(parents=True, exist_ok=True)
+                self._make(controller, name, directory)
                 for key, value in settings.items():
                     (directory / key).write_text(value)
             except OSError as err:
@@ -120,6 +120,19 @@ class Cgroups:
             if procs not in join:
                 join.append(procs)
         return join
+
+    def _make(self, controller: _Controller, name: str, directory: Path) -> None:
+        # Another server process of this installation may remove the (then empty) group
+        # between our mkdirs: try once more.
+        for attempt in (1, 2):
+            try:
+                if self.version == 2:
+                    self._delegate(controller.directory / self.group, name)
+                directory.mkdir(parents=True, exist_ok=True)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     def _delegate(self, group_dir: Path, name: str) -> None:
         """v2: a controller must be enabled in every parent's subtree_control to be usable."""
@@ -136,12 +149,26 @@ class Cgroups:
                 # No event to wait on portably (v1 has none): poll, briefly and bounded.
                 while _members(directory):  # noqa: ASYNC110
                     await anyio.sleep(0.02)
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    directory.rmdir()
-                except OSError as err:
-                    if err.errno != errno.ENOENT:
-                        log.warning("cannot remove %s: %s", directory, err.strerror)
+            _remove(directory, warn=True)
+            # The installation's group goes too once no sandbox is left in it.
+            _remove(directory.parent, warn=False)
+
+    def reap(self) -> list[Path]:
+        """Remove this installation's sandbox cgroups that no process is in any more (left by a
+        server that was killed), and the group itself if that empties it; return what went."""
+        removed = []
+        for controller in self.controllers.values():
+            group_dir = controller.directory / self.group
+            try:
+                children = [path for path in group_dir.iterdir() if path.is_dir()]
+            except OSError:
+                continue
+            for child in children:
+                if not _members(child) and _remove(child, warn=True):
+                    removed.append(child)
+            if _remove(group_dir, warn=False):
+                removed.append(group_dir)
+        return removed
 
     @staticmethod
     def join_command(procs: list[Path], argv: list[str]) -> list[str]:
@@ -157,6 +184,18 @@ class Cgroups:
         if self.problems:
             text += "; not usable: " + "; ".join(f"{k} ({v})" for k, v in self.problems.items())
         return text
+
+
+def _remove(directory: Path, *, warn: bool) -> bool:
+    """rmdir a cgroup; the kernel refuses while it has processes or children (then False;
+    ``warn`` logs why, for a cgroup that should have been empty)."""
+    try:
+        directory.rmdir()
+        return True
+    except OSError as err:
+        if warn and err.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", directory, err.strerror)
+        return False
 
 
 def _members(directory: Path) -> bool:

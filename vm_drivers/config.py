@@ -55,11 +55,45 @@ class LocalDriverConfig(_Config):
     bwrap: str = Field(default="bwrap", description="bubblewrap executable (name or path)")
     python: str | None = Field(
         default=None,
-        description="python3 run inside the sandbox; default: the first system python3 that "
-        "is visible inside it (/usr/bin, /usr/local/bin)",
+        description="python3 run inside the sandbox (a path as the sandbox sees it); default: "
+        "/usr/bin/python3, else /usr/local/bin/python3",
     )
     root_dir: Path | None = Field(
         default=None, description="where workspaces and sandbox state live; default DATA_DIR/local"
+    )
+    root: Literal["auto", "image", "host"] = Field(
+        default="auto",
+        description="what the sandbox's / is: 'image' the runtime image's Debian tree (see "
+        "rootfs), 'host' a read-only view of the host's /usr and a few /etc files; 'auto' the "
+        "image when its tree has been built, else the host view",
+    )
+    rootfs: Path | None = Field(
+        default=None,
+        description="the Debian tree the sandbox runs on; default DATA_DIR/images/trees/runtime "
+        "(kept there by `projectvm image build`)",
+    )
+    uid_base: int = Field(
+        default=2_000_000_000,
+        ge=65_536,
+        le=2**32 - 1 - 65_536,
+        description="when the server runs as root: the host uid (and gid) of a sandbox's root; "
+        "its uids 0-65535 map to this many and up, never to a host user",
+    )
+    runtime_dir: Path = Field(
+        default=Path("/run/projectvm-local"),
+        description="when the server runs as root: where sandboxes are staged (every parent "
+        "must be traversable by the uid_base uid)",
+    )
+    slirp4netns: str = Field(
+        default="slirp4netns",
+        description="user-mode networking for projects with network egress (each gets a "
+        "network namespace of its own; the host's loopback stays unreachable)",
+    )
+    workspace_disks: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="workspaces as ext4 disk images of max_storage_gb, so the limit is the "
+        "filesystem's: 'auto' where the server can mount them (root, loop devices), 'off' "
+        "plain directories with the storage guard",
     )
     pids_limit: int | None = Field(
         default=1024,
@@ -74,8 +108,9 @@ class LocalDriverConfig(_Config):
     )
     hidden_paths: list[str] = Field(
         default_factory=lambda: ["/home", "/root", "/run", "/tmp", "/mnt", "/media", "/srv"],
-        description="host directories not visible in the sandbox (the rest of / is read-only); "
-        "ProjectVM's own data directory is always hidden",
+        description="host paths never visible in the sandbox; the sandbox only shows the "
+        "host's /usr and a few /etc files anyway, so this matters for paths under /usr "
+        "(they are covered with an empty directory)",
     )
 
 
@@ -114,8 +149,17 @@ class DockerDriverConfig(_Config):
         default_factory=_default_templates,
         description="per project type: image and default limits; 'development' is the fallback",
     )
-    egress_network: str = Field(
-        default="bridge", description="network for projects whose settings allow egress"
+    egress_network: str | None = Field(
+        default=None,
+        description="network for projects whose settings allow egress; default: a network of "
+        "the project's own (labelled, removed with its VM), so no project reaches another's; "
+        "a name shares that network between all egress projects",
+    )
+    workspace_disks: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="workspace volumes bound to ext4 disk images of max_storage_gb, so the "
+        "limit is the filesystem's: 'auto' where the server can mount them (root, loop devices, "
+        "an engine on this host), 'off' plain volumes with the storage guard",
     )
     nofile_limit: int | None = Field(
         default=None,

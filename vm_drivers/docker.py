@@ -6,6 +6,17 @@ default socket). One container per project runs a tiny init; the workspace is a 
 volume's labels keep the spec to re-create it from). The guest agent is copied in and runs as
 **one long-lived exec with attached stdio**: that stream is the channel for every call.
 
+Commands never share the agent's identity: the agent runs as root and starts every command as
+uid/gid 1000 (``--run-as``; a ``pvm`` user is added to images that have no uid 1000), and
+hands the workspace volume over to that uid. The agent's code lives in ``/.projectvm``, owned
+by root (0755, files 0644), so no command can change it; PID 1 (the init) never holds the
+channel, which is the agent's own exec stream.
+
+Where the server can mount and the engine runs on this host, the volume binds an ext4 disk
+image of ``max_storage_gb`` (:mod:`vm_drivers.kit.workspace_disk`), so the storage limit is the
+filesystem's. A project with egress gets a bridge network of its own, so no project reaches
+another's container; both are labelled like the container and go with it.
+
 The ``docker`` package is synchronous: every call runs in a worker thread. Its errors are
 translated to the driver error tree here, at the boundary.
 """
@@ -13,13 +24,16 @@ translated to the driver error tree here, at the boundary.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import socket
 import ssl
 import tarfile
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import anyio
@@ -43,6 +57,7 @@ from vm_drivers.base import (
     VMStatus,
 )
 from vm_drivers.config import DockerDriverConfig, DockerTemplate
+from vm_drivers.docker_guard import ContainerStorageWatch
 from vm_drivers.errors import (
     DriverConfigError,
     DriverError,
@@ -57,17 +72,29 @@ from vm_drivers.errors import (
 from vm_drivers.kit.channels import ChannelSlots
 from vm_drivers.kit.lifecycle import ClosingDriver
 from vm_drivers.kit.locks import KeyedLocks
-from vm_drivers.kit.naming import vm_id_for
+from vm_drivers.kit.naming import VM_PREFIX, vm_id_for
 from vm_drivers.kit.streams import MultiplexedStream
+from vm_drivers.kit.workspace_disk import GIB, WorkspaceDisk, disk_bytes, disk_support
 
 __all__ = ["ERROR_TRANSLATIONS", "DockerDriver", "translate_docker_error"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("projectvm.drivers.docker")
+
 WORKSPACE = "/workspace"
 AGENT_DIR = "/.projectvm"
 INIT_PATH = f"{AGENT_DIR}/init.pyz"
+# Who commands run as (the agent stays root): never the agent's own uid.
+COMMAND_UID_GID = "1000:1000"
+# Gives uid 1000 a name where the image has none for it (idempotent; run as root at start).
+COMMAND_USER_SETUP = (
+    "grep -q '^[^:]*:[^:]*:1000:' /etc/passwd || "
+    "echo 'pvm:x:1000:1000:ProjectVM commands:/workspace:/bin/sh' >> /etc/passwd; "
+    "grep -q '^[^:]*:[^:]*:1000:' /etc/group || echo 'pvm:x:1000:' >> /etc/group"
+)
 LABEL_SPEC = "projectvm.spec"
+LABEL_DISK = "projectvm.disk"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # The Engine API version spoken: served by Docker 20.10+ and Podman 4+.
 API_VERSION = "1.41"
@@ -122,13 +149,20 @@ def translate_docker_error(err: BaseException, action: str) -> DriverError:
 
 
 def _tar_of(files: dict[str, bytes]) -> bytes:
+    """The agent's files under ``/.projectvm``: a root-owned 0755 directory, 0644 files."""
     buffer = io.BytesIO()
+    now = int(time.time())
     with tarfile.open(fileobj=buffer, mode="w") as archive:
+        directory = tarfile.TarInfo(AGENT_DIR.lstrip("/"))
+        directory.type = tarfile.DIRTYPE
+        directory.mode = 0o755
+        directory.mtime = now
+        archive.addfile(directory)
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o755
-            info.mtime = int(time.time())
+            info.mode = 0o644
+            info.mtime = now
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
@@ -142,6 +176,7 @@ class DockerDriver(ClosingDriver):
         self._client: docker.DockerClient | None = None
         self._lock = KeyedLocks()
         self._channels = ChannelSlots()
+        self._watches: dict[str, ContainerStorageWatch] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -236,6 +271,145 @@ class DockerDriver(ClosingDriver):
                 "made by this ProjectVM"
             ) from err
 
+    # -- workspace disks and networks ---------------------------------------------------------
+
+    def _disk(self, vm_id: str) -> WorkspaceDisk:
+        disks = self.context.data_dir / "docker" / "disks"
+        return WorkspaceDisk(disks / f"{vm_id}.ext4", disks / vm_id)
+
+    async def _disks_wanted(self) -> bool:
+        if self.config.workspace_disks != "auto":
+            return self.config.workspace_disks == "on"
+        if not (await anyio.to_thread.run_sync(disk_support)).usable:
+            return False
+        # The engine must see this host's mounts: a local socket, its storage on this host.
+        if self._engine_socket() is None:
+            return False
+        client = await self.client()
+        info = await self._call("asking the engine about itself", client.info)
+        return await anyio.Path(str(info.get("DockerRootDir") or "/nonexistent")).is_dir()
+
+    async def _create_volume(self, vm_id: str, spec: VMSpec) -> None:
+        client = await self.client()
+        labels = self._labels(spec, vm_id)
+        options: dict[str, Any] = {}
+        if spec.disk_gb and await self._disks_wanted():
+            disk = self._disk(vm_id)
+            await anyio.to_thread.run_sync(disk.ensure, disk_bytes(spec.disk_gb), None)
+            labels[LABEL_DISK] = str(disk.image)
+            options = {"driver": "local", "driver_opts": _bind_options(disk.mount_point)}
+        await self._call(
+            f"creating the workspace volume of {vm_id}",
+            client.volumes.create,
+            name=self._volume_name(vm_id),
+            labels=labels,
+            **options,
+        )
+
+    async def _mount_disk(self, vm_id: str, spec: VMSpec | None, running: bool) -> None:
+        """Before a container starts: its workspace disk mounted (after a reboot too) and as
+        large as the spec asks (a ``running`` one's grows when it can). A volume made without
+        a disk stays without one."""
+        client = await self.client()
+        try:
+            volume = await self._call(
+                f"inspecting the workspace of {vm_id}",
+                client.volumes.get,
+                self._volume_name(vm_id),
+            )
+        except VMNotFound:
+            return
+        labels = volume.attrs.get("Labels") or {}
+        if LABEL_DISK not in labels:
+            return
+        spec = spec or await self._volume_spec(vm_id)
+        disk = self._disk(vm_id)
+        if not disk.exists():
+            raise VMOperationFailed(
+                f"the workspace disk of {vm_id} is missing at {disk.image}; the workspace is "
+                "lost: delete the project and create it again"
+            )
+        size = disk_bytes(spec.disk_gb) if spec is not None and spec.disk_gb else 0
+        # Unmounting to grow is safe: if the engine still holds the disk elsewhere, the disk
+        # sees it attached and does not grow it now.
+        later = await anyio.to_thread.run_sync(lambda: disk.ensure(size, None, in_use=running))
+        if later:
+            log.warning("%s", later)
+
+    async def _check_disk(self, vm_id: str, container: Container) -> None:
+        """The running container's /workspace must be the disk, not the directory under it (an
+        engine in another mount namespace would bind the empty directory: no limit at all)."""
+        disk = self._disk(vm_id)
+        if not disk.exists():
+            return
+        await self._call(f"inspecting {vm_id}", container.reload)
+        pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            return  # it is not running (it exited at once): nothing can write, starting fails
+        want = (await anyio.Path(disk.mount_point).stat()).st_dev
+        seen = await anyio.to_thread.run_sync(_workspace_device, pid)
+        if seen != f"{os.major(want)}:{os.minor(want)}":
+            await self._call(f"stopping {vm_id}", container.stop, timeout=0)
+            raise VMOperationFailed(
+                f"the engine does not see the workspace disk mounted at {disk.mount_point} "
+                f"(the container's /workspace is on {seen or 'an unknown device'}); it runs "
+                "elsewhere than this server: set the docker driver's workspace_disks to 'off'"
+            )
+
+    async def _watch(self, vm_id: str) -> None:
+        """A running container whose workspace is not a disk gets the storage guard."""
+        current = self._watches.get(vm_id)
+        if (current is not None and current.running()) or self._disk(vm_id).exists():
+            return
+        container = await self._container(vm_id)
+        spec = self._spec_of(container) if container is not None else None
+        if container is None or spec is None or not spec.disk_gb:
+            return
+        watch = ContainerStorageWatch(container, int(spec.disk_gb * GIB))
+        watch.start()
+        self._watches[vm_id] = watch
+
+    def _unwatch(self, vm_id: str) -> None:
+        watch = self._watches.pop(vm_id, None)
+        if watch is not None:
+            watch.stop()
+
+    async def _network(self, vm_id: str, spec: VMSpec) -> dict[str, Any]:
+        """The container's network options: none, or the project's own bridge network."""
+        if spec.network != "egress":
+            return {"network_mode": "none"}
+        if self.config.egress_network:
+            return {"network": self.config.egress_network}
+        client = await self.client()
+        name = _network_name(vm_id)
+        labels = {**spec.labels, **self.context.labels(spec.project_id, vm_id)}
+        try:
+            await self._call(f"finding the network of {vm_id}", client.networks.get, name)
+        except VMNotFound:
+            try:
+                await self._call(
+                    f"creating the network of {vm_id}",
+                    client.networks.create,
+                    name,
+                    driver="bridge",
+                    labels=labels,
+                    check_duplicate=True,
+                )
+            except VMOperationFailed:
+                # Made meanwhile by another server of this installation: use it.
+                await self._call(f"finding the network of {vm_id}", client.networks.get, name)
+        return {"network": name}
+
+    async def _remove_network(self, vm_id: str) -> None:
+        client = await self.client()
+        try:
+            network = await self._call(
+                f"finding the network of {vm_id}", client.networks.get, _network_name(vm_id)
+            )
+            await self._call(f"removing the network of {vm_id}", network.remove)
+        except VMNotFound:
+            pass
+
     # -- containers ---------------------------------------------------------------------------
 
     def _labels(self, spec: VMSpec, vm_id: str) -> dict[str, str]:
@@ -259,11 +433,7 @@ class DockerDriver(ClosingDriver):
             )
             if value is not None
         ]
-        network: dict[str, Any] = (
-            {"network": self.config.egress_network}
-            if spec.network == "egress"
-            else {"network_mode": "none"}
-        )
+        network = await self._network(vm_id, spec)
         container = await self._call(
             f"creating container {vm_id}",
             client.containers.create,
@@ -309,6 +479,19 @@ class DockerDriver(ClosingDriver):
 
     async def _start(self, container: Container) -> None:
         await self._call(f"starting {container.name}", container.start)
+        exit_code, output = await self._call(
+            f"naming the command user in {container.name}",
+            container.exec_run,
+            ["sh", "-c", COMMAND_USER_SETUP],
+            user="0",
+        )
+        if exit_code:  # only a name is missing then: commands still run as uid 1000
+            log.warning(
+                "could not name uid 1000 in %s (status %s): %s",
+                container.name,
+                exit_code,
+                output.decode(errors="replace").strip()[:200],
+            )
 
     # -- VMDriver -----------------------------------------------------------------------------
 
@@ -325,14 +508,10 @@ class DockerDriver(ClosingDriver):
             ) from err
         async with self._lock(vm_id):
             try:
-                await self._call(
-                    f"creating the workspace volume of {vm_id}",
-                    client.volumes.create,
-                    name=self._volume_name(vm_id),
-                    labels=self._labels(spec, vm_id),
-                )
+                await self._create_volume(vm_id, spec)
                 container = await self._create_container(vm_id, spec)
                 await self._start(container)
+                await self._check_disk(vm_id, container)
             except DriverError as err:
                 with anyio.CancelScope(shield=True):
                     await self._remove(vm_id)
@@ -355,7 +534,11 @@ class DockerDriver(ClosingDriver):
                 # Resources or network changed: a container cannot take them on, make a new one
                 # (the workspace is a volume, it stays).
                 await self._call(f"replacing {vm_id}", container.remove, force=True)
+                if spec.network != "egress":
+                    await self._remove_network(vm_id)
                 container = None
+            running = container is not None and container.status == "running"
+            await self._mount_disk(vm_id, spec, running)
             if container is None:
                 spec = spec or await self._volume_spec(vm_id)
                 if spec is None:
@@ -363,17 +546,24 @@ class DockerDriver(ClosingDriver):
                 container = await self._create_container(vm_id, spec)
             if container.status != "running":
                 await self._start(container)
+                await self._check_disk(vm_id, container)
 
     @staticmethod
-    def _shape(container: Container) -> dict[str, object] | None:
+    def _spec_of(container: Container) -> VMSpec | None:
         try:
-            return VMSpec.model_validate_json((container.labels or {})[LABEL_SPEC]).shape()
+            return VMSpec.model_validate_json((container.labels or {})[LABEL_SPEC])
         except (KeyError, ValueError):
             return None
+
+    @classmethod
+    def _shape(cls, container: Container) -> dict[str, object] | None:
+        spec = cls._spec_of(container)
+        return spec.shape() if spec is not None else None
 
     async def stop_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
             await self._channels.close(vm_id)
+            self._unwatch(vm_id)
             container = await self._container(vm_id)
             if container is None:
                 if await self._volume_spec(vm_id) is None:
@@ -398,10 +588,15 @@ class DockerDriver(ClosingDriver):
             await self._call(f"removing the workspace of {vm_id}", volume.remove, force=True)
         except VMNotFound:
             pass
+        await self._remove_network(vm_id)
+        disk = self._disk(vm_id)
+        if disk.exists() or disk.mounted():
+            await anyio.to_thread.run_sync(disk.remove)
 
     async def destroy_project_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
             await self._channels.close(vm_id)
+            self._unwatch(vm_id)
             await self._remove(vm_id)
         self._lock.forget(vm_id)
 
@@ -437,6 +632,7 @@ class DockerDriver(ClosingDriver):
             # the commands it started.
             await self._channels.close(vm_id)
             stream = await self._attach_agent(vm_id)
+            await self._watch(vm_id)
             return await self._channels.replace(vm_id, stream)
 
     async def _attach_agent(self, vm_id: str) -> anyio.abc.ByteStream:
@@ -453,7 +649,8 @@ class DockerDriver(ClosingDriver):
             f"starting the guest agent in {vm_id}",
             api.exec_create,
             container.id,
-            ["python3", agent, "--root", WORKSPACE],
+            ["python3", agent, "--root", WORKSPACE, "--run-as", COMMAND_UID_GID],
+            user="0",
             stdin=True,
             stdout=True,
             stderr=True,
@@ -520,6 +717,34 @@ class DockerDriver(ClosingDriver):
                     labels={k: v for k, v in labels.items() if k != LABEL_SPEC},
                     detail=f"volume {volume.name} (no container)",
                 )
+        networks = await self._call(
+            "listing networks", client.networks.list, filters={"label": LABEL_VM}
+        )
+        for network in networks:
+            labels = network.attrs.get("Labels") or {}
+            vm_id = labels.get(LABEL_VM)
+            if vm_id and vm_id not in found:
+                found[vm_id] = VMInfo(
+                    vm_id=vm_id,
+                    project_id=labels.get(LABEL_PROJECT),
+                    status=VMStatus.STOPPED,
+                    driver=self.name,
+                    labels=labels,
+                    detail=f"network {network.name} (no container or volume)",
+                )
+        disks = self.context.data_dir / "docker" / "disks"
+        for image in sorted(disks.glob("*.ext4")) if disks.is_dir() else []:
+            vm_id = image.name.removesuffix(".ext4")
+            if vm_id not in found and vm_id.startswith(VM_PREFIX):
+                project_id = vm_id.removeprefix(VM_PREFIX)
+                found[vm_id] = VMInfo(
+                    vm_id=vm_id,
+                    project_id=project_id,
+                    status=VMStatus.STOPPED,
+                    driver=self.name,
+                    labels=self.context.labels(project_id, vm_id),
+                    detail=f"workspace disk {image} (no container or volume)",
+                )
         return sorted(found.values(), key=lambda info: info.vm_id)
 
     async def probe(self) -> Availability:
@@ -549,8 +774,38 @@ class DockerDriver(ClosingDriver):
                 "`projectvm image build`",
                 details=details,
             )
+        details["storage"] = await self.storage_mode()
+        details["network"] = (
+            f"egress on the shared network {self.config.egress_network} (egress projects can "
+            "reach each other)"
+            if self.config.egress_network
+            else "egress on a bridge network of the project's own (projects cannot reach each "
+            "other)"
+        )
         return Availability(
             driver=self.name, usable=True, reason=f"{engine} answers", details=details
+        )
+
+    async def storage_mode(self) -> str:
+        """How ``max_storage_gb`` is kept here (for ``probe()``, doctor and get_project)."""
+        if await self._disks_wanted():
+            return (
+                "filesystem: each workspace volume binds an ext4 disk image of max_storage_gb; "
+                "a write past it fails with 'No space left on device'"
+            )
+        support = await anyio.to_thread.run_sync(disk_support)
+        why = (
+            "workspace disks are off in the configuration"
+            if self.config.workspace_disks == "off"
+            else support.reason
+            if not support.usable
+            else "the engine does not run on this host's filesystem"
+        )
+        return (
+            f"guard: {why}; /workspace is measured at least every 2 seconds and the container's "
+            "writers are killed when it grows past the limit, API writes over it are refused "
+            "and no command may grow a file past it; a process can overshoot by what it writes "
+            "between two measurements"
         )
 
     async def _drop_client(self) -> None:
@@ -560,6 +815,8 @@ class DockerDriver(ClosingDriver):
 
     async def aclose(self) -> None:
         await self._channels.close_all()
+        for vm_id in list(self._watches):
+            self._unwatch(vm_id)
         await self._drop_client()
 
 
@@ -576,6 +833,31 @@ def _parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def _network_name(vm_id: str) -> str:
+    return f"{vm_id}-net"
+
+
+def _bind_options(mount_point: os.PathLike[str]) -> dict[str, str]:
+    """A local volume that binds the (mounted) disk: the engine mounts it into containers."""
+    return {"type": "none", "o": "bind", "device": os.fspath(mount_point)}
+
+
+def _workspace_device(pid: int) -> str | None:
+    """major:minor of what is mounted at /workspace in the mount namespace of ``pid``."""
+    if pid <= 0:
+        return None
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == WORKSPACE and re.fullmatch(r"\d+:\d+", fields[2]):
+            found = fields[2]  # the last mount there is the one on top
+    return found
 
 
 _: type[VMDriver] = DockerDriver

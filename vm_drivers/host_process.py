@@ -1,13 +1,15 @@
 """What the ``process`` and ``local`` drivers share: the guest agent runs on this host.
 
-A VM is a record file and a workspace directory under the driver's root; while it runs, its
-channel is the agent process's stdio, so the agent lives exactly as long as its channel and a
+A VM is a record file and a workspace directory under the driver's root; while it runs, the
+agent lives exactly as long as its channel (by default the agent process's stdio), and a
 stopped VM has no process at all. Subclasses say how the agent is started (plainly, or inside
-a sandbox) and what they prepare around it.
+a sandbox, on descriptors of its own) and what they prepare around it (``provision_workspace``:
+a disk image, say).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -16,11 +18,13 @@ from typing import ClassVar
 
 import anyio
 import anyio.abc
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from guest_runtime.agent.walk import remove_tree
 from guest_runtime.bundle import write_agent_zipapp
 from vm_drivers.base import DriverContext, VMCreationResult, VMInfo, VMSpec, VMStatus
 from vm_drivers.errors import (
+    DriverError,
     DriverUnavailable,
     GuestUnreachable,
     VMCreationFailed,
@@ -48,6 +52,9 @@ class HostVMRecord(BaseModel):
     memory_mb: int | None = None
     pids_limit: int | None = None
     disk_gb: float | None = None
+    workspace_disk: bool = Field(
+        default=False, description="the workspace is a disk image of its own (local, as root)"
+    )
 
     def with_spec(self, spec: VMSpec) -> HostVMRecord:
         return self.model_copy(
@@ -84,7 +91,8 @@ class HostProcessDriver(ClosingDriver):
     # -- what subclasses provide --------------------------------------------------------------
 
     def agent_command(self, record: HostVMRecord, agent: Path) -> list[str]:
-        """The argv that runs the guest agent for ``record`` (its stdio is the channel)."""
+        """The argv that runs the guest agent for ``record`` (its stdio is the channel), for
+        the default ``start_agent``."""
         raise NotImplementedError
 
     def agent_environment(self, record: HostVMRecord) -> dict[str, str] | None:
@@ -101,6 +109,14 @@ class HostProcessDriver(ClosingDriver):
     async def released(self, vm_id: str) -> None:
         """The agent of ``vm_id`` has ended: undo what ``prepare`` set up."""
 
+    async def provision_workspace(self, record: HostVMRecord) -> HostVMRecord:
+        """Make the workspace ready for an agent (mounted, sized, owned); return the record
+        as it should be saved. Called on create, start and before every agent starts."""
+        return record
+
+    async def remove_workspace(self, vm_id: str) -> None:
+        """Before the workspace directory is deleted with its VM: undo ``provision_workspace``."""
+
     # -- state on disk ------------------------------------------------------------------------
 
     def workspace_dir(self, vm_id: str) -> Path:
@@ -111,11 +127,11 @@ class HostProcessDriver(ClosingDriver):
 
     # -- the agent ----------------------------------------------------------------------------
 
-    async def _spawn(self, record: HostVMRecord) -> ProcessStream:
-        agent = await anyio.to_thread.run_sync(write_agent_zipapp, self.root / "agent")
+    async def start_agent(self, record: HostVMRecord, agent: Path) -> anyio.abc.ByteStream:
+        """Start the agent for ``record`` and return its channel. By default the agent's
+        stdio is the channel; ``released`` runs when the channel closes or this fails."""
         argv = await self.prepare(record, self.agent_command(record, agent))
         log_path = self.log_path(record.vm_id)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             try:
                 process = await anyio.open_process(
@@ -126,11 +142,28 @@ class HostProcessDriver(ClosingDriver):
                     env=self.agent_environment(record),
                 )
             except OSError as err:
-                await self.released(record.vm_id)
                 raise DriverUnavailable(
                     self.name, f"could not start the guest agent: {err}", self.install_hint
                 ) from err
-        return _HostChannel(self, record.vm_id, process, log_path)
+        return ProcessStream(process, lambda: log_tail(log_path))
+
+    async def _spawn(self, record: HostVMRecord) -> anyio.abc.ByteStream:
+        record = await self._provisioned(record)
+        agent = await anyio.to_thread.run_sync(write_agent_zipapp, self.root / "agent")
+        self.log_path(record.vm_id).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            stream = await self.start_agent(record, agent)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.released(record.vm_id)
+            raise
+        return _HostChannel(self, record.vm_id, stream)
+
+    async def _provisioned(self, record: HostVMRecord) -> HostVMRecord:
+        updated = await self.provision_workspace(record)
+        if updated != record:
+            self.records.save(updated)
+        return updated
 
     async def _end_agent(self, vm_id: str) -> None:
         await self._channels.close(vm_id)
@@ -152,8 +185,11 @@ class HostProcessDriver(ClosingDriver):
         workspace = self.workspace_dir(vm_id)
         try:
             workspace.mkdir(parents=True, exist_ok=True)
+            record = await self.provision_workspace(record)
             self.records.save(record)
-        except OSError as err:
+        except (OSError, DriverError) as err:
+            with anyio.CancelScope(shield=True):
+                await self.remove_workspace(vm_id)
             shutil.rmtree(workspace, ignore_errors=True)
             raise VMCreationFailed(
                 f"could not create the workspace {workspace}: {err}; check the data directory "
@@ -170,6 +206,7 @@ class HostProcessDriver(ClosingDriver):
                 )
             updated = record.with_spec(spec) if spec is not None else record
             updated = updated.model_copy(update={"state": VMStatus.RUNNING})
+            updated = await self.provision_workspace(updated)
             if updated != record:
                 self.records.save(updated)
 
@@ -183,8 +220,11 @@ class HostProcessDriver(ClosingDriver):
     async def destroy_project_vm(self, vm_id: str) -> None:
         async with self._locks(vm_id):
             await self._end_agent(vm_id)
+            await self.remove_workspace(vm_id)
             workspace = self.workspace_dir(vm_id)
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
+            with contextlib.suppress(OSError):
+                # Iterative: a workspace may hold a tree deeper than the recursion limit.
+                await anyio.to_thread.run_sync(remove_tree, str(workspace))
             if workspace.exists():
                 raise VMOperationFailed(
                     f"could not remove the workspace {workspace}; check its permissions"
@@ -241,23 +281,26 @@ class HostProcessDriver(ClosingDriver):
         await self._channels.close_all()
 
 
-class _HostChannel(ProcessStream):
-    """The agent's stdio; when it closes, the driver undoes what it prepared for the agent."""
+class _HostChannel(anyio.abc.ByteStream):
+    """The agent's channel; when it closes, the driver undoes what it prepared for the agent."""
 
-    def __init__(
-        self,
-        driver: HostProcessDriver,
-        vm_id: str,
-        process: anyio.abc.Process,
-        log_path: Path,
-    ) -> None:
-        super().__init__(process, lambda: log_tail(log_path))
+    def __init__(self, driver: HostProcessDriver, vm_id: str, stream: anyio.abc.ByteStream) -> None:
         self._driver = driver
         self._vm_id = vm_id
+        self.stream = stream
+
+    async def send(self, item: bytes) -> None:
+        await self.stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self.stream.receive(max_bytes)
 
     async def aclose(self) -> None:
         try:
-            await super().aclose()
+            await self.stream.aclose()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._driver.released(self._vm_id)

@@ -47,6 +47,14 @@ class ProcessDriver(HostProcessDriver):
             "PROJECTVM_PROJECT_ID": record.project_id,
         }
 
+    async def storage_mode(self) -> str:
+        """How ``max_storage_gb`` is kept by this driver (shown by get_project)."""
+        return (
+            "server checks only: the workspace is a host directory (the process driver "
+            "isolates nothing); API writes past max_storage_gb are refused and usage is "
+            "measured after every command"
+        )
+
     async def probe(self) -> Availability:
         python = self._python()
         if not os.access(python, os.X_OK):

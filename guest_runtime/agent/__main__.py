@@ -1,11 +1,13 @@
-"""Entry point: ``python3 agent.pyz --root /workspace [--stdio | --serial DEVICE | --http
-HOST:PORT --token-env NAME | --init]``.
+"""Entry point: ``python3 agent.pyz --root /workspace [--run-as UID:GID] [--stdio | --serial
+DEVICE | --vsock PORT | --http HOST:PORT --token-env NAME | --init]``.
 
 ``--stdio`` (the default) serves one session on stdin/stdout and exits when stdin closes; every
 command it started is killed then. ``--serial`` serves a virtio-serial port and ``--vsock`` an
 AF_VSOCK port, session after session, for VMs (see ``channels``). ``--http`` serves the agent's
 HTTP face (see ``http_face``) for hosts that reach the VM over the network only. ``--init`` is
 a minimal PID 1 for containers: it reaps orphaned processes and exits promptly on SIGTERM.
+``--run-as`` runs every command as that uid and gid when the agent is root (see ``identity``).
+``--search-worker`` is internal: one ``fs.search`` in a child process (see ``search``).
 
 The agent exits 0 when asked to stop (``system.shutdown``, SIGTERM): in a VM, the init then
 syncs, unmounts the workspace and resets the VM.
@@ -25,26 +27,33 @@ from .channels import pipe_streams, serve_serial, serve_vsock
 from .execs import Execs
 from .files import Files
 from .http_face import DEFAULT_PING_INTERVAL_S, HttpFace, parse_listen_address, read_token
+from .identity import Identity, adopt_workspace, effective, parse_run_as
 from .paths import Workspace
 from .rpc import DEFAULT_MAX_LINE_BYTES, Connection
+from .search import WORKER_FLAG, Searches, run_worker
 from .system import System
 from .terminals import Terminals
+from .usage import UsageMeter
+
+log = logging.getLogger("projectvm.agent")
 
 
 class Agent:
-    def __init__(self, root: str, max_line_bytes: int) -> None:
-        self.workspace = Workspace(root)
+    def __init__(self, root: str, max_line_bytes: int, run_as: Optional[Identity] = None) -> None:
+        self.workspace = Workspace(root, owner=run_as)
         self.max_line_bytes = max_line_bytes
         self.connection: Optional[Connection] = None
         self.stopping = asyncio.Event()
-        self.execs = Execs(self.workspace, self._notify)
-        self.files = Files(self.workspace)
+        self.execs = Execs(self.workspace, self._notify, run_as)
+        self.files = Files(self.workspace, UsageMeter(self.workspace))
         handlers: Dict[str, Any] = {}
         handlers.update(self.execs.handlers())
         handlers.update(self.files.handlers())
-        self.terminals = Terminals(self.workspace, self._notify)
+        handlers.update(Searches(self.workspace).handlers())
+        # Terminals run as commands do: the same identity, environment and limits.
+        self.terminals = Terminals(self.workspace, self._notify, run_as)
         handlers.update(self.terminals.handlers())
-        self.system = System(self.workspace, [], self.stopping.set)
+        self.system = System(self.workspace, [], self.stopping.set, run_as)
         handlers.update(self.system.handlers())
         self.system.capabilities.extend(handlers)
         self.session: Optional[str] = None
@@ -96,8 +105,8 @@ async def _serve_stdio(agent: Agent) -> None:
 
 
 def _not_dumpable() -> None:
-    """Commands run as the agent's user; without this they could open /proc/<agent>/fd/* and
-    write forged messages onto the host channel. Children become dumpable again on exec."""
+    """Commands may run as the agent's user; without this they could open /proc/<agent>/fd/*
+    and write forged messages onto the host channel. Children become dumpable again on exec."""
     try:
         import ctypes
 
@@ -154,14 +163,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--init", action="store_true", help="run as a container's PID 1")
+    parser.add_argument(
+        "--run-as",
+        metavar="UID:GID",
+        help="run commands as this uid and gid, and give them what the API writes (needs root)",
+    )
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.init:
         return run_init()
     _not_dumpable()
+    if args.search_worker:
+        return run_worker(args.root)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     if not os.path.isdir(args.root):
         sys.stderr.write("projectvm-agent: workspace root %s does not exist\n" % args.root)
         return 2
+    try:
+        requested = parse_run_as(args.run_as) if args.run_as else None
+    except ValueError as err:
+        sys.stderr.write("projectvm-agent: %s\n" % err)
+        return 2
+    run_as, why = effective(requested)
+    (log.warning if requested is not None and run_as is None else log.info)("%s", why)
+    if run_as is not None:
+        adopted = adopt_workspace(os.path.realpath(args.root), run_as)
+        if adopted:
+            log.warning("handed %d entries of the workspace over to %r", adopted, run_as)
     listen: Optional[Tuple[Optional[str], int]] = None
     token = b""
     if args.http:
@@ -173,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
 
     async def run() -> None:
-        agent = Agent(args.root, args.max_line_bytes)
+        agent = Agent(args.root, args.max_line_bytes, run_as)
         loop = asyncio.get_event_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, agent.stopping.set)

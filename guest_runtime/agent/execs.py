@@ -7,6 +7,10 @@ truncated, except for the last ``tail_limit`` bytes, sent at the end marked ``ta
 ``exec.exit`` always comes after the last ``exec.output`` of that execution. A command is over
 when its main process has exited and its output is closed: processes it left running that still
 hold its output are killed with its process group.
+
+With an identity of their own (``--run-as``), commands switch to it after the fork and before
+the exec, with no supplementary groups; none of the agent's descriptors is passed on (only
+their stdio pipes).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import signal
 import stat
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 
 from . import methods
 from .errors import GuestError, InvalidParams
 from .methods import ExecSignal, ExecStart, ExecStdin, ExecWait, parse
 from .paths import Workspace
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 Notify = Callable[[str, Dict[str, Any]], Awaitable[None]]
 
@@ -44,18 +51,26 @@ SIGNALS = {
 }
 
 
-def _file_size_limiter(limit: int) -> Callable[[], None]:
-    """In the child: no file may grow past ``limit`` bytes; a write beyond fails with EFBIG
-    ("File too large") instead of killing the process with SIGXFSZ."""
+def child_setup(
+    fsize_limit: Optional[int], identity: "Optional[Identity]"
+) -> Optional[Callable[[], None]]:
+    """What the child does between fork and exec: no file may grow past ``fsize_limit`` (a
+    write beyond fails with EFBIG, "File too large", instead of a SIGXFSZ kill), and it becomes
+    the command identity (last: setting limits needs no privilege, the switch drops it)."""
+    if fsize_limit is None and identity is None:
+        return None
 
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if fsize_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if identity is not None:
+            identity.drop_privileges()
 
     return apply
 
 
-def _default_shell() -> str:
+def default_shell() -> str:
     return shutil.which("bash") or "/bin/sh"
 
 
@@ -94,9 +109,12 @@ class Execution:
 class Execs:
     """Handlers for the ``exec.*`` methods."""
 
-    def __init__(self, workspace: Workspace, notify: Notify) -> None:
+    def __init__(
+        self, workspace: Workspace, notify: Notify, identity: "Optional[Identity]" = None
+    ) -> None:
         self.workspace = workspace
         self.notify = notify
+        self.identity = identity
         self.running: Dict[str, Execution] = {}
         self.finished: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
 
@@ -115,7 +133,7 @@ class Execs:
         if isinstance(command, str):
             if not command.strip():
                 raise InvalidParams("command is empty")
-            argv = [request.shell or _default_shell(), "-c", command]
+            argv = [request.shell or default_shell(), "-c", command]
         elif command:
             argv = list(command)
         else:
@@ -132,6 +150,8 @@ class Execs:
         limit = max(0, min(limit, HARD_OUTPUT_LIMIT))
         tail_limit = max(0, min(request.tail_limit or 0, HARD_OUTPUT_LIMIT))
         env = dict(os.environ)
+        if self.identity is not None:
+            env.update(self.identity.environment(self.workspace.root))
         for key, value in (request.env or {}).items():
             if not key or "=" in key or "\x00" in key:
                 raise InvalidParams(
@@ -175,7 +195,7 @@ class Execs:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_file_size_limiter(fsize_limit) if fsize_limit is not None else None,
+                preexec_fn=child_setup(fsize_limit, self.identity),
             )
         except FileNotFoundError:
             os.close(out_r)

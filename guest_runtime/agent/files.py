@@ -1,29 +1,33 @@
-"""File operations in the workspace: read, atomic write, stat, list, mkdir, move, remove, search.
+"""File operations in the workspace: read, atomic write, append, edit, stat, list, mkdir, move,
+remove (searching is :mod:`search`, measuring :mod:`usage`).
 
 Blocking work runs in worker threads. Mutations hold one lock, so a compare-and-swap
-(``if_match``) and the rename that follows it are atomic with respect to every other file call.
-Writes go to a temporary file in the same directory, are fsynced, and renamed into place, so a
-reader sees the old content or the new, never a mix.
+(``if_match``) and the change that follows it are atomic with respect to every other file call.
+Writes and edits go to a temporary file in the same directory, are fsynced, and renamed into
+place, so a reader sees the old content or the new, never a mix. Appends write in place with
+``O_APPEND`` (a command writing to the file through an open descriptor keeps writing to the
+same file), in time that does not depend on the file's size. Trees of any depth are walked
+iteratively (:mod:`walk`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
-import fnmatch
 import hashlib
 import os
-import re
 import stat
 import threading
-import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import methods
+from . import edits, methods
 from .errors import GuestError, InvalidParams
-from .methods import FsList, FsMkdir, FsMove, FsRead, FsRemove, FsSearch, FsStat, FsWrite, parse
+from .methods import FsEdit, FsList, FsMkdir, FsMove, FsRead, FsRemove, FsStat, FsWrite, parse
 from .paths import DIR_FLAGS, Resolved, Workspace, not_found
+from .usage import UsageMeter
+from .walk import Walk
 
 # Non-blocking so a FIFO (or a device) named like a file never hangs the open; cleared once
 # the descriptor is known to be a regular file.
@@ -32,8 +36,7 @@ CHUNK = 1024 * 1024
 DEFAULT_MAX_READ = 16 * 1024 * 1024
 HARD_MAX_READ = 64 * 1024 * 1024
 ABSENT = "absent"
-SEARCH_SKIP_DIRS = {".git", ".hg", ".svn"}
-SEARCH_MAX_FILE = 8 * 1024 * 1024
+APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 def _type_of(mode: int) -> str:
@@ -99,17 +102,37 @@ def _check_if_match(res: Resolved, if_match: Optional[str]) -> Optional[str]:
     if if_match is None:
         return None
     current = _current_sha(res)
+    _compare(res.path, if_match, current)
+    return current
+
+
+def _compare(path: str, if_match: str, current: Optional[str]) -> None:
     expected = None if if_match == ABSENT else if_match
     if current != expected:
         raise GuestError(
             "conflict",
             "%r changed since you read it (expected %s, found %s); read it again and retry"
-            % (res.path, if_match, current or ABSENT),
-            path=res.path,
+            % (path, if_match, current or ABSENT),
+            path=path,
             expected=if_match,
             current_sha256=current,
         )
-    return current
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: List[bytes] = []
+    while True:
+        chunk = os.read(fd, max(CHUNK, size + 1))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def os_error(err: OSError, path: Any) -> GuestError:
@@ -132,21 +155,22 @@ def os_error(err: OSError, path: Any) -> GuestError:
 class Files:
     """Handlers for the ``fs.*`` methods."""
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, meter: UsageMeter) -> None:
         self.workspace = workspace
+        self.meter = meter
         self._mutation = threading.Lock()
 
     def handlers(self) -> Dict[str, Callable[[Dict[str, Any]], Any]]:
         return {
             methods.FS_READ: self._threaded(self.read),
             methods.FS_WRITE: self._threaded(self.write),
+            methods.FS_EDIT: self._threaded(self.edit),
             methods.FS_STAT: self._threaded(self.stat),
             methods.FS_LIST: self._threaded(self.list),
             methods.FS_MKDIR: self._threaded(self.mkdir),
             methods.FS_MOVE: self._threaded(self.move),
             methods.FS_REMOVE: self._threaded(self.remove),
-            methods.FS_SEARCH: self._threaded(self.search),
-            methods.FS_USAGE: self._threaded(self.usage),
+            methods.FS_USAGE: self._threaded(self.meter.usage),
         }
 
     @staticmethod
@@ -258,7 +282,7 @@ class Files:
     def write(self, params: Dict[str, Any]) -> Dict[str, Any]:
         request = parse(FsWrite, params)
         path, encoded, if_match = request.path, request.data, request.if_match
-        create_parents, append, mode = request.create_parents, request.append, request.mode
+        create_parents, mode = request.create_parents, request.mode
         try:
             data = base64.b64decode(encoded, validate=True)
         except ValueError:
@@ -272,31 +296,51 @@ class Files:
                 raise GuestError(
                     "not_a_file", "%r exists and is not a regular file" % res.path, path=res.path
                 )
-            if append and existing is not None:
-                fd = _open_regular(res)
-                try:
-                    old = b""
-                    while True:
-                        chunk = os.read(fd, CHUNK)
-                        if not chunk:
-                            break
-                        old += chunk
-                finally:
-                    os.close(fd)
-                data = old + data
-            if mode is None:
-                mode = stat.S_IMODE(existing.st_mode) if existing is not None else 0o644
-            sha = self._replace(res, data, mode)
+            if request.append and existing is not None:
+                size, blocks = self._append(res, data)
+                sha: Optional[str] = None  # hashing the whole file would make appends linear
+            else:
+                if mode is None:
+                    mode = stat.S_IMODE(existing.st_mode) if existing is not None else 0o644
+                sha, blocks = self._replace(res, data, mode)
+                size = len(data)
+            self.meter.account(
+                (blocks - (existing.st_blocks if existing is not None else 0)) * 512,
+                0 if existing is not None else 1,
+            )
         return {
             "path": res.path,
             "sha256": sha,
-            "size": len(data),
+            "size": size,
             "created": existing is None,
             "previous_sha256": previous,
             "previous_size": existing.st_size if existing is not None else 0,
         }
 
-    def _replace(self, res: Resolved, data: bytes, mode: int) -> str:
+    def _append(self, res: Resolved, data: bytes) -> Tuple[int, int]:
+        """Add ``data`` at the end of the file in place; returns its new size and blocks."""
+        assert res.name is not None
+        try:
+            fd = os.open(res.name, APPEND_FLAGS, dir_fd=res.dir_fd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENXIO):
+                raise GuestError(
+                    "not_a_file", "%r is not a regular file" % res.path, path=res.path
+                ) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since it was looked at
+                raise GuestError("not_a_file", "%r is not a regular file" % res.path, path=res.path)
+            os.set_blocking(fd, True)
+            _write_all(fd, data)
+            os.fsync(fd)
+            st = os.fstat(fd)
+            return st.st_size, st.st_blocks
+        finally:
+            os.close(fd)
+
+    def _replace(self, res: Resolved, data: bytes, mode: int) -> Tuple[str, int]:
+        """Put ``data`` in place atomically; returns its sha256 and the blocks it takes."""
         assert res.name is not None
         tmp = ".%s.%d.%d.pvm-tmp" % (res.name[:64], os.getpid(), threading.get_ident())
         fd = os.open(
@@ -307,12 +351,12 @@ class Files:
         )
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                _write_all(fd, data)
+                if self.workspace.owner is not None:
+                    self.workspace.owner.own_fd(fd)
                 os.fchmod(fd, mode)
                 os.fsync(fd)
+                blocks = os.fstat(fd).st_blocks
             finally:
                 os.close(fd)
             os.rename(tmp, res.name, src_dir_fd=res.dir_fd, dst_dir_fd=res.dir_fd)
@@ -323,7 +367,69 @@ class Files:
                 pass
             raise
         os.fsync(res.dir_fd)
-        return hashlib.sha256(data).hexdigest()
+        return hashlib.sha256(data).hexdigest(), blocks
+
+    # -- edit ---------------------------------------------------------------------------------
+
+    def edit(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        request = parse(FsEdit, params)
+        if not request.edits:
+            raise InvalidParams("edits is empty; give at least one {old_text, new_text}")
+        max_file = min(request.max_file_bytes or HARD_MAX_READ, HARD_MAX_READ)
+        max_diff = edits.DEFAULT_MAX_DIFF_BYTES
+        if request.max_diff_bytes is not None:
+            max_diff = max(0, min(request.max_diff_bytes, 4 * edits.DEFAULT_MAX_DIFF_BYTES))
+        # A dry run changes nothing: it needs no lock, only one consistent read.
+        lock = self._mutation if not request.dry_run else contextlib.nullcontext()
+        with lock, self.workspace.resolve(request.path) as res:
+            fd = _open_regular(res)
+            try:
+                st = os.fstat(fd)
+                if st.st_size > max_file:
+                    raise GuestError(
+                        "too_large",
+                        "%s is larger than %d bytes" % (res.path, max_file),
+                        path=res.path,
+                        size=st.st_size,
+                        limit=max_file,
+                        what="file",
+                    )
+                wanted = edits.encoded(request.edits, st.st_size)
+                before = _read_all(fd, st.st_size)
+            finally:
+                os.close(fd)
+            previous = hashlib.sha256(before).hexdigest()
+            if request.if_match is not None:
+                _compare(res.path, request.if_match, previous)
+            edits.check_text(before, res.path)
+            after, replacements = edits.apply_edits(before, wanted, res.path, max_file)
+            growth = len(after) - len(before)
+            if request.max_growth_bytes is not None and growth > request.max_growth_bytes:
+                raise GuestError(
+                    "too_large",
+                    "the edit would add %d bytes to %s, and only %d bytes of storage are left; "
+                    "free space first" % (growth, res.path, max(request.max_growth_bytes, 0)),
+                    path=res.path,
+                    size=len(after),
+                    limit=len(before) + request.max_growth_bytes,
+                    what="storage",
+                )
+            diff, cut = edits.unified_diff(before, after, res.path, max_diff)
+            sha = previous
+            if not request.dry_run:
+                sha, blocks = self._replace(res, after, stat.S_IMODE(st.st_mode))
+                self.meter.account((blocks - st.st_blocks) * 512)
+        return {
+            "path": res.path,
+            "sha256": sha,
+            "previous_sha256": previous,
+            "size": len(after) if not request.dry_run else len(before),
+            "previous_size": len(before),
+            "replacements": replacements,
+            "diff": diff,
+            "diff_truncated": cut,
+            "applied": not request.dry_run,
+        }
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -350,7 +456,6 @@ class Files:
         request = parse(FsList, params)
         path, recursive = request.path, request.recursive
         max_entries = max(1, min(request.max_entries, 20000))
-        include_hidden = request.include_hidden
         entries: List[Dict[str, Any]] = []
         truncated = False
         with self.workspace.resolve(path) as res:
@@ -359,31 +464,14 @@ class Files:
                 raise not_found(res.path)
             if not stat.S_ISDIR(st.st_mode):
                 return {"path": res.path, "entries": [_entry(res.path, st)], "truncated": False}
-            fd = _open_dir(res)
-            for entry in _walk(fd, res.parts, recursive, include_hidden):
+            walk = Walk(open_dir(res), res.parts, recursive, request.include_hidden)
+        with walk:
+            for found in walk:
                 if len(entries) >= max_entries:
                     truncated = True
                     break
-                entries.append(entry)
+                entries.append(_entry(found.path, found.st))
         return {"path": res.path, "entries": entries, "truncated": truncated}
-
-    def usage(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        """Bytes used by the workspace (allocated blocks), and the filesystem's free space."""
-        started = time.monotonic()
-        total = 0
-        files = 0
-        fd = os.open(self.workspace.root, DIR_FLAGS)
-        for entry in _walk(fd, [], True, True, with_blocks=True):
-            total += entry.pop("blocks", 0) * 512
-            files += 1
-        vfs = os.statvfs(self.workspace.root)
-        return {
-            "used_bytes": total,
-            "files": files,
-            "fs_total_bytes": vfs.f_blocks * vfs.f_frsize,
-            "fs_free_bytes": vfs.f_bavail * vfs.f_frsize,
-            "elapsed_ms": int((time.monotonic() - started) * 1000),
-        }
 
     # -- mutations ----------------------------------------------------------------------------
 
@@ -401,6 +489,9 @@ class Files:
                     "exists", "%r exists and is not a directory" % res.path, path=res.path
                 )
             os.mkdir(res.name, 0o755, dir_fd=res.dir_fd)
+            if self.workspace.owner is not None:
+                self.workspace.owner.own_entry(res.name, res.dir_fd)
+            self.meter.account(0, 1)
             return {"path": res.path, "created": True}
 
     def move(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -416,13 +507,16 @@ class Files:
             with self.workspace.resolve(destination, follow_final=False, create_dirs=True) as dst:
                 if dst.name is None:
                     raise GuestError("exists", "cannot replace the workspace root")
-                if dst.lstat() is not None and not overwrite:
+                replaced = dst.lstat()
+                if replaced is not None and not overwrite:
                     raise GuestError(
                         "exists",
                         "%r already exists; pass overwrite=true to replace it" % dst.path,
                         path=dst.path,
                     )
                 os.rename(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd)
+                if replaced is not None:
+                    self.meter.account(-replaced.st_blocks * 512, -1)
                 os.fsync(dst.dir_fd)
                 return {"source": src.path, "destination": dst.path}
 
@@ -453,58 +547,28 @@ class Files:
                             ) from None
                         raise
                 else:
-                    _remove_tree(res.dir_fd, res.name)
+                    self._remove_tree(res.dir_fd, res.name)
             else:
                 os.unlink(res.name, dir_fd=res.dir_fd)
+            self.meter.account(-st.st_blocks * 512, -1)
             os.fsync(res.dir_fd)
             return {"path": res.path, "removed": True}
 
-    # -- search -------------------------------------------------------------------------------
-
-    def search(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        request = parse(FsSearch, params)
-        pattern, path, glob = request.pattern, request.path, request.glob
-        use_regex, ignore_case = request.regex, request.ignore_case
-        max_results = max(1, min(request.max_results, 5000))
-        if not pattern and not glob:
-            raise InvalidParams("give a pattern to search file contents, or a glob to match names")
-        flags = re.IGNORECASE if ignore_case else 0
+    def _remove_tree(self, parent_fd: int, name: str) -> None:
+        """Remove a directory and everything in it, at any depth, counting what is freed."""
+        freed = 0
+        count = 0
         try:
-            matcher = re.compile(pattern if use_regex else re.escape(pattern), flags)
-        except re.error as err:
-            raise InvalidParams("invalid regular expression: %s" % err) from None
-        matches: List[Dict[str, Any]] = []
-        scanned = 0
-        truncated = False
-        with self.workspace.resolve(path) as res:
-            if res.lstat() is None:
-                raise not_found(res.path)
-            fd = _open_dir(res)
-            for entry in _walk(fd, res.parts, True, True, skip_dirs=SEARCH_SKIP_DIRS, with_fd=True):
-                entry_fd = entry.pop("fd")
-                try:
-                    if entry["type"] != "file":
-                        continue
-                    name = entry["path"].rsplit("/", 1)[-1]
-                    if glob and not (
-                        fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(entry["path"], glob)
-                    ):
-                        continue
-                    if not pattern:
-                        matches.append({"path": entry["path"]})
-                    else:
-                        scanned += 1
-                        for number, text in _matching_lines(entry_fd, entry["size"], matcher):
-                            matches.append({"path": entry["path"], "line": number, "text": text})
-                            if len(matches) >= max_results:
-                                break
-                    if len(matches) >= max_results:
-                        truncated = True
-                        break
-                finally:
-                    if entry_fd is not None:
-                        os.close(entry_fd)
-        return {"matches": matches, "files_scanned": scanned, "truncated": truncated}
+            for entry in Walk(os.open(name, DIR_FLAGS, dir_fd=parent_fd), [], post_order=True):
+                if entry.is_dir:
+                    os.rmdir(entry.name, dir_fd=entry.dir_fd)
+                else:
+                    os.unlink(entry.name, dir_fd=entry.dir_fd)
+                freed += entry.st.st_blocks * 512
+                count += 1
+        finally:
+            self.meter.account(-freed, -count)
+        os.rmdir(name, dir_fd=parent_fd)
 
 
 def _entry(path: str, st: os.stat_result) -> Dict[str, Any]:
@@ -517,7 +581,7 @@ def _entry(path: str, st: os.stat_result) -> Dict[str, Any]:
     }
 
 
-def _open_dir(res: Resolved) -> int:
+def open_dir(res: Resolved) -> int:
     if res.name is None:
         return os.dup(res.dir_fd)
     try:
@@ -526,82 +590,3 @@ def _open_dir(res: Resolved) -> int:
         raise GuestError(
             "not_a_directory", "%r is not a directory (%s)" % (res.path, err.strerror)
         ) from None
-
-
-def _walk(
-    fd: int,
-    prefix: List[str],
-    recursive: bool,
-    include_hidden: bool,
-    skip_dirs: Optional[Set[str]] = None,
-    with_fd: bool = False,
-    with_blocks: bool = False,
-) -> Iterator[Dict[str, Any]]:
-    """Entries under the open directory ``fd`` (which it closes), sorted, never following links."""
-    try:
-        with os.scandir(fd) as it:
-            children = sorted(it, key=lambda e: e.name)
-        for child in children:
-            if not include_hidden and child.name.startswith("."):
-                continue
-            try:
-                st = child.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            parts = [*prefix, child.name]
-            entry = _entry("/".join(parts), st)
-            if with_blocks:
-                entry["blocks"] = st.st_blocks
-            if with_fd:
-                entry["fd"] = None
-                if stat.S_ISREG(st.st_mode):
-                    try:
-                        entry_fd = os.open(child.name, FILE_READ_FLAGS, dir_fd=fd)
-                    except OSError:
-                        continue
-                    if not stat.S_ISREG(os.fstat(entry_fd).st_mode):  # swapped meanwhile
-                        os.close(entry_fd)
-                        continue
-                    os.set_blocking(entry_fd, True)
-                    entry["fd"] = entry_fd
-            yield entry
-            if recursive and stat.S_ISDIR(st.st_mode) and child.name not in (skip_dirs or ()):
-                try:
-                    sub = os.open(child.name, DIR_FLAGS, dir_fd=fd)
-                except OSError:
-                    continue
-                yield from _walk(sub, parts, True, include_hidden, skip_dirs, with_fd, with_blocks)
-    finally:
-        os.close(fd)
-
-
-def _matching_lines(fd: int, size: int, matcher: "re.Pattern[str]") -> Iterator[Tuple[int, str]]:
-    if size > SEARCH_MAX_FILE:
-        return
-    data = b""
-    while True:
-        chunk = os.read(fd, CHUNK)
-        if not chunk:
-            break
-        data += chunk
-    if b"\x00" in data[:8192]:
-        return
-    text = data.decode("utf-8", errors="replace")
-    for number, line in enumerate(text.splitlines(), 1):
-        if matcher.search(line):
-            yield number, line[:500]
-
-
-def _remove_tree(parent_fd: int, name: str) -> None:
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    try:
-        with os.scandir(fd) as it:
-            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        for child, is_dir in children:
-            if is_dir:
-                _remove_tree(fd, child)
-            else:
-                os.unlink(child, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)

@@ -24,6 +24,7 @@ EXEC_WAIT = "exec.wait"
 EXEC_LIST = "exec.list"
 FS_READ = "fs.read"
 FS_WRITE = "fs.write"
+FS_EDIT = "fs.edit"
 FS_STAT = "fs.stat"
 FS_LIST = "fs.list"
 FS_MKDIR = "fs.mkdir"
@@ -107,6 +108,26 @@ class FsWrite:
 
 
 @dataclasses.dataclass
+class TextEdit:
+    old_text: str  # exact text to find (must occur once, unless replace_all)
+    new_text: str
+    replace_all: bool = False
+
+
+@dataclasses.dataclass
+class FsEdit:
+    """Exact-text edits applied in the guest, all or none; a diff of the change comes back."""
+
+    path: str
+    edits: List[TextEdit]
+    if_match: Optional[str] = None
+    dry_run: bool = False
+    max_diff_bytes: Optional[int] = None  # the diff is cut here, with a marker saying so
+    max_file_bytes: Optional[int] = None  # the file before and after may not be larger
+    max_growth_bytes: Optional[int] = None  # how much the edit may add (the storage left)
+
+
+@dataclasses.dataclass
 class FsStat:
     path: str
     sha256: bool = False
@@ -150,6 +171,15 @@ class FsSearch:
     ignore_case: bool = False
     glob: Optional[str] = None
     max_results: int = 200
+    timeout_s: Optional[float] = None  # the search process is killed past this (default 30 s)
+
+
+@dataclasses.dataclass
+class FsUsage:
+    # A measurement by walking (a workspace that is not a filesystem of its own) this recent
+    # is good enough; the agent also walks at most a small share of its time.
+    max_age_s: Optional[float] = None
+    timeout_s: Optional[float] = None  # stop walking here and report a partial count
 
 
 @dataclasses.dataclass
@@ -193,13 +223,14 @@ PARAMS: Dict[str, type] = {
     EXEC_LIST: Empty,
     FS_READ: FsRead,
     FS_WRITE: FsWrite,
+    FS_EDIT: FsEdit,
     FS_STAT: FsStat,
     FS_LIST: FsList,
     FS_MKDIR: FsMkdir,
     FS_MOVE: FsMove,
     FS_REMOVE: FsRemove,
     FS_SEARCH: FsSearch,
-    FS_USAGE: Empty,
+    FS_USAGE: FsUsage,
     SYSTEM_STATS: Empty,
     SYSTEM_SHUTDOWN: Empty,
     TERM_OPEN: TermOpen,
@@ -249,6 +280,13 @@ def _check(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise InvalidParams("parameter %r must be a list" % name)
         return [_check(name, item, args[0]) for item in value]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise InvalidParams("parameter %r must be an object" % name)
+        try:
+            return parse(hint, value)
+        except InvalidParams as err:
+            raise InvalidParams("in %r: %s" % (name, err.message)) from None
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise InvalidParams("parameter %r must be an object" % name)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .errors import GuestError
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 MAX_SYMLINK_HOPS = 40
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -70,10 +73,14 @@ class Resolved:
 
 
 class Workspace:
-    """The workspace root inside the VM; every file operation resolves its paths here."""
+    """The workspace root inside the VM; every file operation resolves its paths here.
 
-    def __init__(self, root: str) -> None:
+    ``owner``, when commands run under an identity of their own, owns what is created here.
+    """
+
+    def __init__(self, root: str, owner: "Optional[Identity]" = None) -> None:
         self.root = os.path.realpath(root)
+        self.owner = owner
 
     def parts(self, path: str) -> List[str]:
         """Split ``path`` into normalised components relative to the root, or refuse it."""
@@ -172,6 +179,8 @@ class Workspace:
                         raise not_found("/".join(parts[: index + 1]))
                     try:
                         os.mkdir(name, 0o755, dir_fd=fd)
+                        if self.owner is not None:
+                            self.owner.own_entry(name, fd)
                     except FileExistsError:
                         pass  # made by a concurrent call; opened below like any directory
                 elif not stat.S_ISDIR(st.st_mode):

@@ -7,10 +7,13 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from . import AGENT_VERSION, PROTOCOL_VERSION, methods
 from .paths import Workspace
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 
 def _read(path: str) -> Optional[str]:
@@ -63,11 +66,16 @@ def _cpu_usage_usec() -> Optional[int]:
 
 class System:
     def __init__(
-        self, workspace: Workspace, capabilities: List[str], stop: Callable[[], None]
+        self,
+        workspace: Workspace,
+        capabilities: List[str],
+        stop: Callable[[], None],
+        run_as: "Optional[Identity]" = None,
     ) -> None:
         self.workspace = workspace
         self.capabilities = capabilities
         self.stop = stop
+        self.run_as = run_as
         self.started = time.time()
 
     def handlers(self) -> Dict[str, Callable[[Dict[str, Any]], Any]]:
@@ -88,6 +96,9 @@ class System:
             "hostname": platform.node(),
             "pid": os.getpid(),
             "uid": os.getuid(),
+            # Who commands run as: a uid other than the agent's keeps them off its channel.
+            "command_uid": self.run_as.uid if self.run_as is not None else os.getuid(),
+            "command_gid": self.run_as.gid if self.run_as is not None else os.getgid(),
         }
 
     async def stats(self, params: Dict[str, Any]) -> Dict[str, Any]:

@@ -3,7 +3,8 @@
 ``term.open`` makes a PTY pair (``openpty``) and starts the program in a new session with the
 PTY as its controlling terminal, ``TERM=xterm-256color``, the given environment and a working
 directory in the workspace, spawned as commands are (same environment, same file-size limit,
-same identity). What it writes is read from the PTY's master side and sent as ``term.output``
+same identity: with ``--run-as`` the program runs as that uid and gid, and the PTY is theirs).
+What it writes is read from the PTY's master side and sent as ``term.output``
 notifications numbered by ``seq``; ``term.exit`` comes after the last of them. ``term.input``
 writes to the terminal, ``term.resize`` sets its size (``TIOCSWINSZ``: the kernel signals
 ``SIGWINCH`` to the foreground process group when the size changes, and the agent sends one
@@ -25,20 +26,22 @@ import asyncio
 import base64
 import fcntl
 import os
-import resource
-import shutil
 import signal
 import stat
 import struct
 import termios
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 
 from . import methods
 from .errors import GuestError, InvalidParams
+from .execs import child_setup, default_shell
 from .methods import Empty, TermClose, TermInput, TermOpen, TermResize, parse
 from .paths import Workspace
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 Notify = Callable[[str, Dict[str, Any]], Awaitable[None]]
 
@@ -54,10 +57,6 @@ MAX_TERMINALS = 64
 MAX_SIZE = 1000
 MAX_CLOSE_GRACE_S = 30.0
 TERM_ENV = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
-
-
-def _default_shell() -> str:
-    return shutil.which("bash") or "/bin/sh"
 
 
 def _set_size(fd: int, cols: int, rows: int) -> None:
@@ -77,18 +76,15 @@ def _utf8_input(fd: int) -> None:
         pass
 
 
-def _child_setup(fsize_limit: Optional[int], identity: Any) -> Callable[[], None]:
+def _child_setup(fsize_limit: Optional[int], identity: "Optional[Identity]") -> Callable[[], None]:
     """In the child, between fork and exec (after ``setsid``): the PTY becomes the controlling
-    terminal, files may not grow past ``fsize_limit``, and the identity of commands is taken
-    last (the switch drops the privilege the rest may need)."""
+    terminal, then what a command's child does (its file-size limit, then its identity)."""
+    as_a_command = child_setup(fsize_limit, identity)
 
     def apply() -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        if fsize_limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        if identity is not None:
-            identity.drop_privileges()
+        if as_a_command is not None:
+            as_a_command()
 
     return apply
 
@@ -212,7 +208,9 @@ class Terminals:
     """Handlers for the ``term.*`` methods. ``identity`` is who programs run as (the agent's
     ``--run-as``), as for commands; None: the agent's own."""
 
-    def __init__(self, workspace: Workspace, notify: Notify, identity: Any = None) -> None:
+    def __init__(
+        self, workspace: Workspace, notify: Notify, identity: "Optional[Identity]" = None
+    ) -> None:
         self.workspace = workspace
         self.notify = notify
         self.identity = identity
@@ -230,7 +228,7 @@ class Terminals:
     # -- opening ------------------------------------------------------------------------------
 
     def _argv(self, request: TermOpen) -> List[str]:
-        shell = request.shell or _default_shell()
+        shell = request.shell or default_shell()
         command = request.command
         if command is None:
             argv = [shell, "-l"]

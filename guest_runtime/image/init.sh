@@ -7,6 +7,11 @@
 # the channel the kernel command line names, reaps orphans, and shuts down cleanly: sync,
 # unmount the workspace, sync, reboot (the VMM exits on a guest reset).
 #
+# The agent runs as root; every command it starts runs as uid/gid 1000 (the image's "pvm"
+# user, --run-as), which owns the workspace (the agent hands a disk still owned by root over
+# when it starts). So no command can reach the agent's channel or change its code (root's,
+# in /run/projectvm, 0755/0644).
+#
 # Kernel command line keys:
 #   pvm.channel=virtio-serial | vsock:PORT   where the host reaches the agent
 #   pvm.net=user                             bring up virtio-net (QEMU user networking)
@@ -133,8 +138,9 @@ if [ "$NET" = user ]; then
     echo "nameserver $dns" > /newroot/etc/resolv.conf
 fi
 
-mkdir -p /newroot/run/projectvm
+mkdir -p -m 0755 /newroot/run/projectvm
 cp /projectvm/agent.pyz /newroot/run/projectvm/agent.pyz || die "no guest agent in the initramfs"
+chmod 0644 /newroot/run/projectvm/agent.pyz
 case "$CHANNEL" in
     virtio-serial)
         PORT_DEV=$(find_port org.projectvm.agent) || die "no virtio-serial port org.projectvm.agent"
@@ -153,7 +159,7 @@ start_agent() {
     chroot /newroot /usr/bin/env -i \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/workspace LANG=C.UTF-8 TERM=xterm PROJECTVM_VM=1 \
-        python3 /run/projectvm/agent.pyz --root /workspace $AGENT_ARGS \
+        python3 /run/projectvm/agent.pyz --root /workspace --run-as 1000:1000 $AGENT_ARGS \
         < /dev/null > /dev/console 2>&1 &
     AGENT=$!
 }

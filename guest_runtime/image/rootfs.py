@@ -26,6 +26,8 @@ __all__ = [
 
 # Bump when the package list or layout changes: images are tagged with it.
 IMAGE_VERSION = "1"
+# Commands run as this user (uid/gid 1000); the guest agent stays root.
+COMMAND_USER = "pvm"
 DEFAULT_SUITE = "bookworm"
 
 # What each template's image holds (beyond debootstrap's minimal base).
@@ -182,9 +184,23 @@ def _finish(target: Path, template: str, suite: str) -> None:
         if entry.is_file() and entry.name != "lock":
             entry.unlink()
     (target / "workspace").mkdir(exist_ok=True)
+    _add_command_user(target)
     (target / "etc" / "projectvm-image").write_text(
         f"template={template}\nversion={IMAGE_VERSION}\nsuite={suite}\n"
     )
+
+
+def _add_command_user(target: Path) -> None:
+    """The ``pvm`` user (uid and gid 1000, home /workspace) that every command runs as."""
+    for name, line in (
+        ("passwd", f"{COMMAND_USER}:x:1000:1000:ProjectVM commands:/workspace:/bin/bash\n"),
+        ("group", f"{COMMAND_USER}:x:1000:\n"),
+        ("shadow", f"{COMMAND_USER}:!:19000::::::\n"),
+    ):
+        path = target / "etc" / name
+        existing = path.read_text() if path.exists() else ""
+        if not any(entry.split(":")[0] == COMMAND_USER for entry in existing.splitlines()):
+            path.write_text(existing + line)
 
 
 async def tar_rootfs(source: Path, archive: Path, progress: Progress = lambda _: None) -> None:

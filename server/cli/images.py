@@ -1,4 +1,4 @@
-"""``projectvm image build`` and ``projectvm image status``: the runtime image, no registry.
+"""``projectvm image build|status|push``: the runtime image, built without a registry.
 
 One Debian tree per template (debootstrap, then apt) becomes every driver's image: the Docker
 Engine image, the VM drivers' boot artifacts, and the local sandbox's root.
@@ -24,6 +24,7 @@ from guest_runtime.image.builder import (
 from guest_runtime.image.docker_image import DockerImage
 from guest_runtime.image.rootfs import IMAGE_VERSION
 from server.cli.common import load_config, say
+from server.cli.image_push import push
 from vm_drivers.base import DriverContext
 from vm_drivers.docker import DockerDriver
 from vm_drivers.registry import DriverSet
@@ -35,6 +36,9 @@ VM_TOOLS = ("qemu-system-x86_64", "firecracker")
 
 async def image(args: argparse.Namespace) -> None:
     config = load_config(args)
+    if args.image_command == "push":
+        await push(config, args)
+        return
     drivers = DriverSet(DriverContext.for_data_dir(config.data_dir), config.drivers)
     try:
         docker = drivers.get("docker")

@@ -16,6 +16,7 @@ from server.cli.common import say
 from server.cli.costs import costs
 from server.cli.doctor import doctor
 from server.cli.images import image
+from server.cli.limits import limits
 from server.cli.serve import quickstart, serve
 
 __all__ = ["main"]
@@ -33,6 +34,7 @@ COMMANDS: dict[str, Command] = {
     "image": image,
     "gc": gc,
     "costs": costs,
+    "limits": limits,
 }
 
 
@@ -120,6 +122,25 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--rebuild", action="store_true", help="make the root filesystem anew even if current"
     )
+    pushing = image_commands.add_parser(
+        "push",
+        help="push the runtime image with the agent baked in to a registry (for the fly "
+        "driver), no Docker engine needed; prints it pinned by digest",
+    )
+    pushing.add_argument(
+        "--to",
+        help="registry/repository:tag (default: the fly driver's image, "
+        "registry.fly.io/projectvm-runtime:VERSION)",
+    )
+    pushing.add_argument("--template", default="runtime", choices=["runtime", "minimal"])
+    pushing.add_argument("--username", default="x", help="registry user (Fly: x)")
+    pushing.add_argument(
+        "--password-env",
+        default="FLY_API_TOKEN",
+        help="environment variable holding the registry password or token (default "
+        "FLY_API_TOKEN; none = no credentials)",
+    )
+    pushing.add_argument("--mirror", help="Debian mirror, if the root filesystem is built")
     status = image_commands.add_parser("status", help="every image artifact, its size and hash")
     status.add_argument("--json", action="store_true")
 
@@ -146,6 +167,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     cost.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
     cost.add_argument("--json", action="store_true")
+
+    limit = commands.add_parser(
+        "limits", help="the limits this server enforces (config.toml [limits]) and what they mean"
+    )
+    limit.add_argument("--json", action="store_true")
+    limit.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    limit.add_argument(
+        "--defaults", action="store_true", help="the built-in defaults, not this config's values"
+    )
 
     commands.add_parser("version", help="print the version")
     return parser

@@ -4,6 +4,8 @@ Reads go straight to the guest. Writes, edits, moves and deletes take the projec
 lock, check advisory path locks, and honour ``if_match`` (compare-and-swap in the guest); a
 stale ``if_match`` fails with a conflict that names the current sha256 and who changed the file
 last. The event recording a change is committed before the next write of the project starts.
+Edits are done in the guest (``fs.edit``), where their work is bounded: the server only
+forwards them, so no edit can hold up anyone else's calls.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from typing import Literal
 
 import anyio
 
+from guest_runtime.agent.methods import TextEdit
 from guest_runtime.client import GuestClient
-from guest_runtime.errors import GuestError, GuestUnreachable, WriteConflict
-from guest_runtime.protocol import FileData, WriteResult
+from guest_runtime.errors import (
+    ContentTooLarge,
+    GuestError,
+    GuestUnreachable,
+    InvalidRequest,
+    WriteConflict,
+)
+from guest_runtime.protocol import FileData, FileEdit, WriteResult
 from server.core.access import Grant
 from server.core.caller import Caller
-from server.core.edits import apply_edits, unified_diff
 from server.core.gate import Gate
 from server.core.journal import Journal
 from server.core.lifecycle import Lifecycle
@@ -203,6 +211,7 @@ class Files:
             ignore_case=request.ignore_case,
             glob=request.glob,
             max_results=request.max_results,
+            timeout_s=request.timeout_s,
         )
         return SearchResults(
             project_id=grant.project_id,
@@ -354,53 +363,55 @@ class Files:
             raise InvalidInput("edits is empty; give at least one {old_text, new_text}")
         grant, client = await self._open(caller, request.project_id)
         project_id = grant.project_id
-        async with self._runtimes.of(project_id).mutation:
-            if not request.dry_run:
+        if request.dry_run:  # changes nothing: no lock to take, no storage to check
+            edited = await self._edit_in_guest(grant.project, client, request, None)
+        else:
+            async with self._runtimes.of(project_id).mutation:
                 await self._locks.check_write(project_id, caller.agent_id, client, request.path)
-            limit = self._limits.max_file_bytes
-            current = await client.read_file(request.path, max_bytes=limit)
-            if not current.eof:
-                raise LimitExceeded(f"{current.path} is larger than {limit} bytes")
-            if request.if_match is not None and request.if_match != current.sha256:
-                raise await self._conflict(
+                room = await self._storage.room(grant.project, client)
+                edited = await self._edit_in_guest(grant.project, client, request, room)
+                self._storage.wrote(project_id, edited.previous_size, edited.size)
+                await self._journal.record(
                     project_id,
-                    WriteConflict(
-                        "stale if_match", {"path": current.path, "current_sha256": current.sha256}
+                    caller.agent_id,
+                    FileEdited(
+                        path=edited.path, sha256=edited.sha256, replacements=edited.replacements
                     ),
                 )
-            try:
-                before = current.data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput(
-                    f"{current.path} is not UTF-8 text; edit_file edits text"
-                ) from None
-            after, replacements = await anyio.to_thread.run_sync(apply_edits, before, request.edits)
-            diff = await anyio.to_thread.run_sync(unified_diff, before, after, current.path)
-            if request.dry_run:
-                return EditResult(
-                    project_id=project_id,
-                    path=current.path,
-                    sha256=current.sha256,
-                    replacements=replacements,
-                    diff=diff,
-                    applied=False,
-                )
-            written = await self._put(
-                grant.project, client, current.path, after.encode("utf-8"), current.sha256, False
-            )
-            await self._journal.record(
-                project_id,
-                caller.agent_id,
-                FileEdited(path=written.path, sha256=written.sha256, replacements=replacements),
-            )
         return EditResult(
             project_id=project_id,
-            path=written.path,
-            sha256=written.sha256,
-            replacements=replacements,
-            diff=diff,
-            applied=True,
+            path=edited.path,
+            sha256=edited.sha256,
+            replacements=edited.replacements,
+            diff=edited.diff,
+            diff_truncated=edited.diff_truncated,
+            applied=edited.applied,
         )
+
+    async def _edit_in_guest(
+        self, project: Project, client: GuestClient, request: EditFile, room: int | None
+    ) -> FileEdit:
+        """``fs.edit``, its refusals turned into the service's errors."""
+        edits = [TextEdit(e.old_text, e.new_text, e.replace_all) for e in request.edits]
+        try:
+            return await client.edit_file(
+                request.path,
+                edits,
+                if_match=request.if_match,
+                dry_run=request.dry_run,
+                max_file_bytes=self._limits.max_file_bytes,
+                max_growth_bytes=room,
+            )
+        except WriteConflict as err:
+            raise await self._conflict(project.project_id, err) from err
+        except ContentTooLarge as err:
+            size = err.data.get("size")
+            if err.data.get("what") == "storage" and isinstance(size, int):
+                # The usual refusal, with the workspace's figures.
+                await self._storage.check_write(project, client, request.path, size, False)
+            raise LimitExceeded(str(err)) from err
+        except InvalidRequest as err:
+            raise InvalidInput(str(err)) from err
 
     async def delete(self, caller: Caller, request: DeletePath) -> PathRemoval:
         grant, client = await self._open(caller, request.project_id)

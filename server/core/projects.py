@@ -39,6 +39,7 @@ from server.domain.models import (
 )
 from server.domain.operations import Operation
 from server.store import Store, utcnow
+from vm_drivers.base import ReportsStorageMode
 from vm_drivers.errors import DriverError
 
 __all__ = ["Projects", "check_agent_id"]
@@ -78,6 +79,7 @@ class Projects:
         self._storage = storage
         self._costs = costs
         self.default_driver = default_driver
+        self._storage_modes: dict[str, str | None] = {}
 
     # -- creating -----------------------------------------------------------------------------
 
@@ -165,10 +167,22 @@ class Projects:
         info.cost = await self._costs.report(grant.project_id)
         return info
 
+    async def _storage_mode(self, driver_name: str) -> str | None:
+        """The driver's word on how it keeps max_storage_gb (asked once per driver)."""
+        if driver_name not in self._storage_modes:
+            try:
+                driver = self._lifecycle.drivers.get(driver_name)
+            except ProjectVMError:
+                return None
+            mode = await driver.storage_mode() if isinstance(driver, ReportsStorageMode) else None
+            self._storage_modes[driver_name] = mode
+        return self._storage_modes[driver_name]
+
     async def _usage(self, project: Project) -> ResourceUsage:
         """CPU, memory and workspace disk use, measured in the VM (a stopped one is not woken)."""
         usage = ResourceUsage(max_storage_bytes=limit_bytes(project))
         usage.suspended_bytes = self._lifecycle.suspended_bytes(project) or None
+        usage.storage_enforcement = await self._storage_mode(project.driver)
         if project.vm_status != VMStatus.RUNNING:
             usage.note = f"the VM is {project.vm_status}; figures appear while it runs"
             return usage
@@ -291,9 +305,18 @@ class Projects:
             caller.doing(Operation.GET_PROJECT), GetProject(project_id=project.project_id)
         )
         later = sorted(set(changed) & VM_LEVEL_SETTINGS)
+        notes = []
         if later and project.vm_status == VMStatus.RUNNING:
-            info.notes = [
+            notes.append(
                 f"{', '.join(later)} apply when the VM next starts: stop_project, then "
                 "start_project (commands running now are killed by the stop)"
-            ]
+            )
+        if "max_storage_gb" in changed:
+            notes.append(
+                "max_storage_gb: the server's checks use the new value now; where the workspace "
+                "is a disk of that size, it grows when the VM next starts and never shrinks (a "
+                "lower limit is then kept by the server's checks only)"
+            )
+        if notes:
+            info.notes = notes
         return info

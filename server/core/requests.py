@@ -297,11 +297,15 @@ class EditFile(ProjectRequest):
     """Replace exact pieces of text in a file and return a unified diff.
 
     Each old_text must occur exactly once (unless replace_all). The edit is atomic and
-    fails with a conflict if the file changed meanwhile.
+    fails with a conflict if the file changed meanwhile. At most 200 edits per call, their
+    texts at most 1 MiB together; a diff longer than 256 KiB is cut (the edit is still whole).
     """
 
     path: WorkspacePath
-    edits: Annotated[list[Edit], Field(description="replacements applied in order, all or none")]
+    edits: Annotated[
+        list[Edit],
+        Field(description="replacements applied in order, all or none (at most 200 per call)"),
+    ]
     if_match: IfMatch = None
     dry_run: Annotated[bool, Field(description="only show the diff, change nothing")] = False
 
@@ -328,6 +332,10 @@ class SearchFiles(ProjectRequest):
     )
     ignore_case: bool = False
     max_results: Annotated[int, Field(ge=1, le=5000)] = 200
+    timeout_s: Annotated[
+        float,
+        Field(gt=0, le=300, description="the search is stopped with an error after this long"),
+    ] = 30
 
 
 class DeletePath(ProjectRequest):

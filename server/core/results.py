@@ -65,6 +65,12 @@ class ResourceUsage(BaseModel):
         default=None, description="the VM's saved memory and state on disk while it sleeps"
     )
     load_average: list[float] | None = None
+    storage_enforcement: str | None = Field(
+        default=None,
+        description="how max_storage_gb is kept on this project's driver: 'filesystem: ...' "
+        "(the workspace cannot grow past it) or 'guard: ...'/'server checks: ...' (writers are "
+        "stopped or refused past it, with the slack it leaves)",
+    )
     note: str | None = None
 
 
@@ -276,7 +282,9 @@ class FileRead(BaseModel):
 class FileWrite(BaseModel):
     project_id: str
     path: str
-    sha256: str
+    sha256: str | None = Field(
+        description="of the file's content; null after an append (read_file gives it)"
+    )
     size: int
     created: bool
 
@@ -287,6 +295,9 @@ class EditResult(BaseModel):
     sha256: str = Field(description="of the file after the edit (unchanged on dry_run)")
     replacements: int
     diff: str
+    diff_truncated: bool = Field(
+        default=False, description="the diff was cut (the edit itself is whole)"
+    )
     applied: bool = Field(description="false for dry_run")
 
 

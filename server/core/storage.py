@@ -75,6 +75,10 @@ class StorageGuard:
                 f"{used} used now); delete files, or ask an admin to raise max_storage_gb"
             )
 
+    async def room(self, project: Project, client: GuestClient) -> int:
+        """How many bytes a change may add before the workspace passes ``max_storage_gb``."""
+        return limit_bytes(project) - await self.used_bytes(project, client, exact=True)
+
     def wrote(self, project_id: str, previous_size: int, new_size: int) -> None:
         cached = self._usage.get(project_id)
         if cached is not None:

@@ -168,7 +168,7 @@ class ExecutionFinished(EventPayload):
 class FileWritten(EventPayload):
     kind = EventKind.FILE_WRITTEN
     path: str
-    sha256: str
+    sha256: str | None = None  # None after an append: the whole file is not hashed again
     size: int
 
 

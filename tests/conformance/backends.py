@@ -44,6 +44,13 @@ class Backend:
 
 
 @asynccontextmanager
+async def _local_image(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """The local sandbox with the runtime image's Debian tree as its root (the shared test
+    tree), instead of the minimal view of the host."""
+    yield {"root": "image", "rootfs": str(fixtures["rootfs_tree"])}
+
+
+@asynccontextmanager
 async def _qemu(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[str, Any]]:
     """The shared test image, built once per machine (TCG here: each VM boots in seconds)."""
     yield {"images": str(fixtures["qemu_images"])}
@@ -109,6 +116,10 @@ async def _fly(fixtures: dict[str, Any], data_dir: Path) -> AsyncIterator[dict[s
 
 
 VARIANTS: dict[str, list[Backend]] = {
+    "local": [
+        Backend("local", "local"),
+        Backend("local-image", "local", _local_image, needs=("rootfs_tree",)),
+    ],
     "fly": [Backend("fly", "fly", _fly)],
     "lima": [Backend("lima", "lima", _lima), Backend("lima-shared", "lima", _lima_shared)],
     "qemu": [Backend("qemu", "qemu", _qemu, needs=("qemu_images",))],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import anyio
 import docker.errors
@@ -15,7 +16,7 @@ from server.domain.config import ServerConfig
 from server.surfaces.mcp.server import build_server
 from tests.conformance.conftest import spec
 from tests.helpers import call
-from vm_drivers.base import LABEL_PROJECT, LABEL_VM, VMStatus
+from vm_drivers.base import LABEL_PROJECT, LABEL_VM, DriverContext, VMStatus
 from vm_drivers.docker import ERROR_TRANSLATIONS, DockerDriver, translate_docker_error
 from vm_drivers.errors import (
     DriverConfigError,
@@ -26,6 +27,7 @@ from vm_drivers.errors import (
     VMNotFound,
     VMResourceExhausted,
 )
+from vm_drivers.registry import DriverSet
 
 pytestmark = pytest.mark.anyio
 
@@ -186,15 +188,104 @@ async def test_project_types_map_to_templates(docker_driver: DockerDriver) -> No
     }
 
 
-async def test_egress_projects_get_the_bridge_network(docker_driver: DockerDriver) -> None:
+async def test_egress_projects_get_a_labelled_network_of_their_own_that_goes_with_them(
+    docker_driver: DockerDriver,
+) -> None:
     created = await docker_driver.create_project_vm(spec(network="egress"))
+    client = await docker_driver.client()
+    name = f"{created.vm_id}-net"
     try:
-        client = await docker_driver.client()
         container = await anyio.to_thread.run_sync(client.containers.get, created.vm_id)
-        assert container.attrs["HostConfig"]["NetworkMode"] == "bridge"
+        assert set(container.attrs["NetworkSettings"]["Networks"]) == {name}
+        network = await anyio.to_thread.run_sync(client.networks.get, name)
+        assert network.attrs["Labels"][LABEL_VM] == created.vm_id
         assert await docker_driver.get_vm_status(created.vm_id) == VMStatus.RUNNING
+        # Settings back to no network: the container is re-made offline, the network goes.
+        offline = spec(project_id=container.labels[LABEL_PROJECT], network="none")
+        await docker_driver.start_project_vm(created.vm_id, offline)
+        with pytest.raises(docker.errors.NotFound):
+            await anyio.to_thread.run_sync(client.networks.get, name)
     finally:
         await docker_driver.destroy_project_vm(created.vm_id)
+    with pytest.raises(docker.errors.NotFound):
+        await anyio.to_thread.run_sync(client.networks.get, name)
+
+
+async def test_a_stray_project_network_is_found_for_gc_and_removed(
+    docker_driver: DockerDriver,
+) -> None:
+    created = await docker_driver.create_project_vm(spec(network="egress"))
+    client = await docker_driver.client()
+    container = await anyio.to_thread.run_sync(client.containers.get, created.vm_id)
+    await anyio.to_thread.run_sync(lambda: container.remove(force=True))
+    volume = await anyio.to_thread.run_sync(client.volumes.get, f"{created.vm_id}-workspace")
+    await anyio.to_thread.run_sync(lambda: volume.remove(force=True))
+    try:
+        [stray] = [vm for vm in await docker_driver.list_vms() if vm.vm_id == created.vm_id]
+        assert "network" in stray.detail
+    finally:
+        await docker_driver.destroy_project_vm(created.vm_id)
+    assert created.vm_id not in {vm.vm_id for vm in await docker_driver.list_vms()}
+
+
+async def _serve_and_fetch(driver: DockerDriver) -> tuple[int, int]:
+    """B serves a file on port 8000; (exit status of B fetching it from its own address,
+    exit status of A fetching it from B's address)."""
+    a = await driver.create_project_vm(spec(network="egress"))
+    b = await driver.create_project_vm(spec(network="egress"))
+    try:
+        client = await driver.client()
+        container = await anyio.to_thread.run_sync(client.containers.get, b.vm_id)
+        address = next(
+            net["IPAddress"] for net in container.attrs["NetworkSettings"]["Networks"].values()
+        )
+        fetch = (
+            'python3 -c "import urllib.request, sys; urllib.request.urlopen('
+            f"'http://{address}:8000/served.txt', timeout=5)\""
+        )
+        async with GuestClient(await driver.open_channel(b.vm_id)) as guest_b:
+            await guest_b.write_file("served.txt", b"B's file\n")
+            await guest_b.start_exec("python3 -m http.server 8000 --bind 0.0.0.0")
+            own = await _exit_code(
+                guest_b, f"for i in $(seq 50); do {fetch} && exit 0; done; exit 1"
+            )
+            async with GuestClient(await driver.open_channel(a.vm_id)) as guest_a:
+                other = await _exit_code(guest_a, fetch)
+        return own, other
+    finally:
+        await driver.destroy_project_vm(a.vm_id)
+        await driver.destroy_project_vm(b.vm_id)
+
+
+async def _exit_code(guest: GuestClient, command: str) -> int:
+    handle = await guest.start_exec(command, timeout_s=60)
+    async for _ in handle.events():
+        pass
+    assert handle.exit is not None
+    assert handle.exit.exit_code is not None
+    return handle.exit.exit_code
+
+
+async def test_one_project_cannot_fetch_from_anothers_server(docker_driver: DockerDriver) -> None:
+    """Finding 13: A fetched a file from B's `python3 -m http.server` at B's address."""
+    own, other = await _serve_and_fetch(docker_driver)
+    assert own == 0, "B's server never answered B itself"
+    assert other != 0, "project A reached project B's server"
+
+
+async def test_projects_on_a_configured_shared_network_can_reach_each_other(
+    data_dir: Path, docker_driver: DockerDriver
+) -> None:
+    """The opt-in shared network is what it says (and shows the test above can fail)."""
+    shared = DriverSet(
+        DriverContext.for_data_dir(data_dir), {"docker": {"egress_network": "bridge"}}
+    )
+    try:
+        driver = shared.get("docker")
+        assert isinstance(driver, DockerDriver)
+        assert await _serve_and_fetch(driver) == (0, 0)
+    finally:
+        await shared.aclose()
 
 
 async def test_a_file_survives_stop_container_recreation_and_a_server_restart(

@@ -831,7 +831,8 @@ def cmd_delete(args: list[str]) -> int:
                 if not flags.get("force"):
                     fatal(f'expected status "Stopped", got "Running" for {q(name)} (try --force)')
                 force_stop(instance)
-            shutil.rmtree(instance.dir)
+            # rm, not shutil.rmtree: a workspace may hold a tree deeper than Python recurses.
+            subprocess.run(["rm", "-rf", "--", str(instance.dir)], check=True)
         Log.info(f"Deleted {q(name)} ({q(str(instance.dir))})")
     return 0
 

@@ -104,3 +104,51 @@ async def test_an_unreachable_registry_or_a_reference_without_host_is_a_clear_er
         ImageReference.parse("pvm-app:v1")
     assert ImageReference.parse("registry.fly.io/pvm-app").base_url == "https://registry.fly.io"
     assert ImageReference.parse("registry.fly.io/pvm-app").tag == "latest"
+
+
+async def test_projectvm_image_push_pushes_the_built_tree_and_prints_it_pinned(
+    registry: tuple[FakeOCIRegistry, str], tmp_path: Path
+) -> None:
+    import os
+    import sys
+
+    from guest_runtime.image.builder import tree_path
+    from guest_runtime.image.rootfs import IMAGE_VERSION
+
+    fake, address = registry
+    data_dir = tmp_path / "data"
+    tree = tree_path(data_dir, "runtime")
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "projectvm-image").write_text(f"template=runtime\nversion={IMAGE_VERSION}\n")
+    (tree / "etc" / "os-release").write_text("ID=debian\n")
+    argv = [sys.executable, "-m", "server.cli", "--data-dir", str(data_dir), "image", "push"]
+    env = {**os.environ, "REGISTRY_PASSWORD": fake.password}
+    env.pop("FLY_API_TOKEN", None)
+    refused = await anyio.run_process([*argv, "--to", f"{address}/pvm:v1"], check=False, env=env)
+    assert refused.returncode != 0
+    assert b"FLY_API_TOKEN is not set" in refused.stderr
+    with anyio.fail_after(120):
+        done = await anyio.run_process(
+            [
+                *argv,
+                "--to",
+                f"{address}/pvm:v1",
+                "--username",
+                fake.username,
+                "--password-env",
+                "REGISTRY_PASSWORD",
+            ],
+            check=False,
+            env=env,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    pinned = next(line for line in out.splitlines() if line.startswith("pushed: "))[8:]
+    repository, _, digest = pinned.partition("@")
+    assert repository == f"{address}/pvm"
+    manifest = fake.manifest("pvm", digest)
+    base = gzip.decompress(fake.blobs[manifest["layers"][0]["digest"]])
+    with tarfile.open(fileobj=io.BytesIO(base)) as layer:
+        assert layer.extractfile("./etc/os-release").read() == b"ID=debian\n"  # type: ignore[union-attr]
+    assert f'image = "{pinned}"' in out
+    assert fake.password not in out + done.stderr.decode()

@@ -13,7 +13,7 @@ from mcp import Client
 from server.core.service import ENDPOINTS
 from server.domain.operations import OPERATIONS, Operation
 from server.surfaces.mcp.server import ServerHandle
-from tests.helpers import call, call_error
+from tests.helpers import call, call_error, outside_address
 
 pytestmark = pytest.mark.anyio
 
@@ -189,14 +189,18 @@ async def test_network_is_off_unless_the_project_allows_egress(
     alice: Alice, alice_projects: MakeProject
 ) -> None:
     client, _ = alice
+    address = outside_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address (or no iproute2) to reach")
     with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
+        # Outside the host's loopback: egress never reaches that (tests/security).
+        listener.bind((address, 0))
         listener.listen(8)
         port = listener.getsockname()[1]
         probe = (
             'python3 -c "import socket,sys\n'
             "try:\n"
-            f"    socket.create_connection(('127.0.0.1', {port}), 3); print('reached')\n"
+            f"    socket.create_connection(('{address}', {port}), 3); print('reached')\n"
             "except OSError as e:\n"
             "    print('blocked', e)\""
         )

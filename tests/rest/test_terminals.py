@@ -5,6 +5,7 @@ stop kills open terminals and says why."""
 from __future__ import annotations
 
 import base64
+import shutil
 from typing import Any
 
 import httpx
@@ -15,6 +16,13 @@ from tests.rest.conftest import MakeProject, Server
 from tests.rest.test_websocket import receive, send, socket
 
 pytestmark = pytest.mark.anyio
+
+
+def requires_program(name: str, package: str) -> None:
+    """The local sandbox (its host view) runs the host's programs: a TTY program to test with
+    must be installed here."""
+    if shutil.which(name) is None:
+        pytest.skip(f"{name} is not installed on this host (apt-get install {package})")
 
 
 class Watcher:
@@ -78,6 +86,7 @@ async def open_over(ws: ClientConnection, **fields: Any) -> Watcher:
 async def test_a_terminal_over_the_websocket_runs_vim_survives_a_resize_and_is_in_the_history(
     server: Server, alice_rest: httpx.AsyncClient, rest_projects: MakeProject
 ) -> None:
+    requires_program("vim", "vim")
     project_id = await rest_projects("editing", members={"bob": "read_write"})
     async with socket(server, project_id, "bob") as ws:
         shell = await open_over(ws, cols=80, rows=24)
@@ -116,6 +125,7 @@ async def test_a_terminal_over_the_websocket_runs_vim_survives_a_resize_and_is_i
 async def test_top_runs_in_a_terminal_and_quits_on_a_key(
     server: Server, rest_projects: MakeProject
 ) -> None:
+    requires_program("top", "procps")
     project_id = await rest_projects("watching")
     async with socket(server, project_id, "alice") as ws:
         top = await open_over(ws, command="top -d 1", cols=100, rows=30)

@@ -116,6 +116,19 @@ async def test_the_storage_limit_stops_writes_and_commands(owner: Owner) -> None
     assert usage["max_storage_bytes"] == limit
     assert 0 < usage["workspace_bytes"] <= limit + 64 * 1024
     assert usage["memory_used_bytes"] > 0
+    # How the limit is kept is said plainly, whichever way this driver keeps it.
+    how, _, detail = usage["storage_enforcement"].partition(": ")
+    assert how in ("filesystem", "guard", "server checks", "server checks only"), usage
+    assert "max_storage_gb" in detail
+    assert "max_storage_gb: the server's checks use the new value now" in " ".join(
+        (await call(
+            client, "update_project_settings", project_id=project_id,
+            settings={"max_storage_gb": 0.003},
+        ))["notes"]
+    )  # fmt: skip
+    await call(
+        client, "update_project_settings", project_id=project_id, settings={"max_storage_gb": 0.002}
+    )
     error = await call_error(
         client, "write_file", project_id=project_id, path="more.txt", content="y" * 100_000
     )

@@ -425,6 +425,13 @@ class FirecrackerDriver(ClosingDriver):
                     strays.append(pidfile)
         return strays
 
+    async def storage_mode(self) -> str:
+        """How ``max_storage_gb`` is kept by this driver (shown by get_project)."""
+        return (
+            "filesystem: the workspace is the VM's own ext4 disk of max_storage_gb; "
+            "a write past it fails with 'No space left on device'"
+        )
+
     async def probe(self) -> Availability:
         return await self.prober.probe()
 

@@ -8,10 +8,10 @@ the memory file for the VM's whole life, so it stays untouched until then).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
+from guest_runtime.agent.walk import remove_tree
 from vm_drivers.base import VMSpec
 from vm_drivers.errors import VMNotFound, VMOperationFailed
 
@@ -115,7 +116,8 @@ class RecordStore:
         return sorted(path.name for path in self.root.iterdir() if path.is_dir())
 
     def remove(self, vm_id: str) -> None:
-        shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
+        with contextlib.suppress(OSError):  # iterative: any depth (shutil.rmtree recurses)
+            remove_tree(str(self.vm_dir(vm_id)))
 
 
 def fsync_dir(path: Path) -> None:

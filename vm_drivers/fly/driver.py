@@ -699,6 +699,13 @@ class FlyDriver(ClosingDriver):
             )
         return sorted(found.values(), key=lambda info: info.vm_id)
 
+    async def storage_mode(self) -> str:
+        """How ``max_storage_gb`` is kept by this driver (shown by get_project)."""
+        return (
+            "filesystem: the workspace is a Fly volume of max_storage_gb rounded up to "
+            "whole GB; the server refuses API writes past the exact limit"
+        )
+
     async def probe(self) -> Availability:
         try:
             api = self.api()
@@ -716,6 +723,9 @@ class FlyDriver(ClosingDriver):
                 "region": self.config.region,
                 "image": self.config.image,
                 "apps": str(len(ours)),
+                # Said where an operator looks: a project's network "none" cannot be kept here.
+                "network": "always egress: Fly Machines reach the internet, so a project's "
+                "network 'none' is not enforced on fly",
             },
         )
 

@@ -141,6 +141,9 @@ def machine_config(
                 f"0.0.0.0:{port}",
                 "--token-env",
                 TOKEN_SECRET,
+                # The agent stays root; commands run as uid 1000, off its channel and code.
+                "--run-as",
+                "1000:1000",
             ]
         ),
         files=[MachineFile(guest_path=AGENT_PATH, raw_value=agent)],

@@ -1,6 +1,8 @@
 """Byte streams to a guest agent, whatever carries them.
 
-- :class:`ProcessStream`: a child process's stdin and stdout (``local``, ``process``, ``lima``);
+- :class:`ProcessStream`: a child process's stdin and stdout (``process``, ``lima``);
+- :class:`ProcessSocketStream`: sockets handed to a child process on descriptors of their own
+  (``local``: not on the stdio that every process of the sandbox can reach);
 - :class:`MultiplexedStream`: an attach connection whose output is framed as
   ``[stream, 0, 0, 0, size:u32be] payload`` (the Docker Engine API without a TTY);
 - :func:`connect_unix`: a unix socket (QEMU's chardev, Firecracker's vsock muxer);
@@ -22,6 +24,7 @@ from anyio.abc import Process
 __all__ = [
     "MultiplexedStream",
     "PrefixedStream",
+    "ProcessSocketStream",
     "ProcessStream",
     "connect_unix",
     "line_handshake",
@@ -82,6 +85,53 @@ class ProcessStream(anyio.abc.ByteStream):
 
     async def aclose(self) -> None:
         await terminate(self.process)
+
+
+class ProcessSocketStream(anyio.abc.ByteStream):
+    """A child's channel on sockets; closing the stream closes them (a guest agent then kills
+    its commands and exits), waits a little for the child, then kills it.
+
+    If the child exits abnormally, the read that finds the socket closed fails with
+    ``BrokenResourceError`` carrying ``why()``.
+    """
+
+    def __init__(
+        self,
+        process: Process,
+        channel: anyio.abc.ByteStream,
+        why: Callable[[], str] = lambda: "",
+    ) -> None:
+        self.process = process
+        self._channel = channel
+        self._why = why
+
+    async def send(self, item: bytes) -> None:
+        await self._channel.send(item)
+
+    async def send_eof(self) -> None:
+        await self._channel.send_eof()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self._channel.receive(max_bytes)
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            with anyio.move_on_after(STOP_GRACE_S):
+                await self.process.wait()
+            code = self.process.returncode
+            if code not in (0, None, -signal.SIGKILL, -signal.SIGTERM):
+                raise anyio.BrokenResourceError(
+                    f"the guest process exited with status {code}: {self._why()}"
+                ) from None
+            raise anyio.EndOfStream from None
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._channel.aclose()
+            with anyio.move_on_after(STOP_GRACE_S):
+                await self.process.wait()
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
 
 
 class MultiplexedStream(anyio.abc.ByteStream):

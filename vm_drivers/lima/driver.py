@@ -344,6 +344,14 @@ class LimaDriver(ClosingDriver):
         strays = self.per_project.strays(known, instances)
         return strays + await self.shared.strays(known, instances)
 
+    async def storage_mode(self) -> str:
+        """How ``max_storage_gb`` is kept by this driver (shown by get_project)."""
+        return (
+            "server checks: the workspace is on the instance's own disk, shared with its "
+            "system; API writes past max_storage_gb are refused and usage is measured after "
+            "every command, but a command can write past it until then"
+        )
+
     async def probe(self) -> Availability:
         try:
             path = self.limactl.path()

@@ -39,6 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from guest_runtime.agent.walk import remove_tree
+
 from .proxy import FakeFlyProxy
 from .proxy import Route as ProxyRoute
 from .sandbox import FakeLaunchError, MachineSandbox
@@ -302,6 +304,9 @@ class FakeFlyMachinesAPI:
             await self._server_done.wait()
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(None, None, None)
+        # Volumes go with the fake; iteratively, as a workspace may be deeper than Python
+        # recurses (and pytest's own clean-up of the temporary directory would fail on it).
+        await anyio.to_thread.run_sync(remove_tree, str(self.root / "volumes"))
 
     def transport(self) -> httpx.ASGITransport:
         """An httpx transport that calls this fake in-process (no sockets for the API)."""

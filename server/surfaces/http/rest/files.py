@@ -182,7 +182,8 @@ async def write_file(api: RestApi, route: Route, request: Request) -> Response:
     else:
         result = await service.upload(caller, model, pieces)
     assert isinstance(result, FileWrite)
-    headers = {"ETag": _etag(result.sha256)}
+    # An append answers without the file's hash (it is not read back): then no ETag.
+    headers = {"ETag": _etag(result.sha256)} if result.sha256 is not None else {}
     if result.created:
         where = quote(result.path)  # a header is ASCII; paths may not be
         headers["Location"] = f"{API_PREFIX}/projects/{result.project_id}/files/{where}"
