@@ -49,8 +49,10 @@ READ_CHUNK = 64 * 1024
 # Output waiting to be sent: past this, the PTY is not read until the host catches up.
 MAX_PENDING = 256 * 1024
 SEND_CHUNK = 64 * 1024
-# After the program exits, what it left behind gets this long to finish writing.
+# After the program exits, what it left behind gets this long to finish writing, and the
+# terminal this many such rounds to report that nothing holds it any more.
 DRAIN_GRACE_S = 0.25
+DRAIN_ROUNDS = 8
 # A program that reads none of its input for this long makes term.input fail.
 INPUT_TIMEOUT_S = 30.0
 MAX_TERMINALS = 64
@@ -357,18 +359,7 @@ class Terminals:
         assert term.pump is not None
         try:
             await term.proc.wait()
-            _, pending = await asyncio.wait([term.pump], timeout=DRAIN_GRACE_S)
-            if pending:
-                # Processes it left behind still hold the terminal: the session ends with it.
-                term.killed = True
-                signal_session(term.pid, signal.SIGKILL)
-                _, pending = await asyncio.wait([term.pump], timeout=DRAIN_GRACE_S)
-            if pending:
-                # Held by something we cannot kill: stop reading, send what we have.
-                term.close_master()
-                await asyncio.wait([term.pump], timeout=DRAIN_GRACE_S)
-            if not term.pump.done():
-                term.pump.cancel()
+            await self._drain(term)
         finally:
             term.close_master()
             code = term.proc.returncode
@@ -386,6 +377,31 @@ class Terminals:
             self.running.pop(term.term_id, None)
             term.done.set()
             await self.notify(methods.TERM_EXIT, result)
+
+    async def _drain(self, term: Terminal) -> None:
+        """The program exited: send the rest of its output. Processes of its session that
+        still hold the terminal are killed (``killed``); output waiting for a slow host is
+        not a reason to cut it short; a terminal still held after that is let go."""
+        pump = term.pump
+        assert pump is not None
+        unheld = 0
+        while True:
+            done, _ = await asyncio.wait([pump], timeout=DRAIN_GRACE_S)
+            if done:
+                return
+            if not (term.reading or term.eof or term.master_closed):
+                continue  # paused while the host takes what was read: progress, not a holder
+            if not term.killed and len(session_members(term.pid)) > 0:
+                term.killed = True  # processes it left behind: the session ends with it
+                signal_session(term.pid, signal.SIGKILL)
+                continue
+            unheld += 1
+            if unheld >= DRAIN_ROUNDS:
+                break  # held by something outside the session: stop reading, send what we have
+        term.close_master()
+        done, _ = await asyncio.wait([pump], timeout=DRAIN_GRACE_S * DRAIN_ROUNDS)
+        if not done:
+            pump.cancel()
 
     # -- what the host asks -------------------------------------------------------------------
 

@@ -92,6 +92,20 @@ async def test_closing_kills_what_ignores_the_hang_up_after_the_grace(
     assert b"sleep 317.25" not in listing  # neither the shell nor its child
 
 
+async def test_what_a_program_leaves_holding_its_terminal_ends_with_it(guest: GuestClient) -> None:
+    # The kernel hangs up the foreground group when the session leader exits; this child
+    # ignores that (from its start: it inherits the ignored signal), so it holds the terminal.
+    handle = await guest.open_terminal("trap '' HUP; sleep 318.5 & echo left-behind")
+    reader = PtyReader(handle)
+    exit_info = await reader.exit()
+    assert (exit_info.exit_code, exit_info.killed) == (0, True)
+    assert b"left-behind" in reader.output
+    _, listing, _, _ = await run(guest, LIST_PROCESSES)
+    assert b"sleep 318.5" not in listing
+    handle = await guest.open_terminal("echo alone")
+    assert not (await PtyReader(handle).exit()).killed  # nothing left: nothing killed
+
+
 async def test_output_streams_in_order_with_increasing_sequence_numbers(
     guest: GuestClient,
 ) -> None:
