@@ -98,13 +98,12 @@ class Terminals:
         """Open a terminal at once when a slot is free, else queue it (it opens in turn)."""
         grant = await self._gate.admit(caller, request.project_id)
         policy = self._gate.policy
-        if request.command is not None:
-            if not request.command.strip():
-                raise InvalidInput(
-                    "command is empty; leave it out for the login shell, or name a program "
-                    "such as 'python3'"
-                )
-            policy.check_command(grant.project, request.command)
+        if request.command is not None and not request.command.strip():
+            raise InvalidInput(
+                "command is empty; leave it out for the login shell, or name a program such as "
+                "'python3'"
+            )
+        policy.check_terminal(grant.project, request.command)
         idle = request.idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S
         if idle > self._limits.max_timeout_s:
             raise InvalidInput(

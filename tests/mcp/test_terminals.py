@@ -181,3 +181,21 @@ async def test_commands_and_terminals_each_point_to_their_own_tools(
     ended = await call_error(client, "terminal_write", execution_id=terminal_id, text="x")
     assert "has ended" in ended
     assert "open_terminal opens a new one" in ended
+
+
+async def test_the_command_lists_apply_to_terminals_and_an_allowlist_refuses_a_shell(
+    alice: Alice, alice_projects: MakeProject
+) -> None:
+    client, _ = alice
+    project_id = await alice_projects(
+        "listed", command_allowlist=["python3*"], command_denylist=["python3 -c*"]
+    )
+    shell = await call_error(client, "open_terminal", project_id=project_id)
+    assert "command_allowlist" in shell
+    assert "a login shell would run anything" in shell
+    denied = await call_error(
+        client, "open_terminal", project_id=project_id, command="python3 -c 'print(1)'"
+    )
+    assert "command_denylist" in denied
+    allowed = await call(client, "open_terminal", project_id=project_id, command="python3 -q")
+    await call(client, "close_terminal", execution_id=allowed["execution_id"])
