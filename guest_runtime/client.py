@@ -1,14 +1,15 @@
 """``GuestClient``: the host's side of the guest protocol over any anyio byte stream.
 
 One client serves many concurrent calls on one channel: requests carry ids, a reader task routes
-answers back to their callers and ``exec.output``/``exec.exit`` notifications to the
-:class:`ExecHandle` that started the command. When the channel ends, every waiting call and
-every running execution fails with :class:`GuestUnreachable`.
+answers back to their callers, ``exec.output``/``exec.exit`` notifications to the
+:class:`ExecHandle` that started the command and ``term.output``/``term.exit`` to the
+:class:`~guest_runtime.terminal.TerminalHandle` of the terminal. When the channel ends, every
+waiting call, running execution and open terminal fails with :class:`GuestUnreachable`.
 
 Only what belongs to this channel is routed: an answer to an id it never sent, a notification
-for an execution it did not start (or that already ended), output out of its ``seq`` order, are
-counted in ``strays``, logged, and dropped. (The guest keeps commands off the channel; this is
-the host not taking a stray message's word for anything.)
+for an execution or terminal it did not start (or that already ended), output out of its
+``seq`` order, are counted in ``strays``, logged, and dropped. (The guest keeps commands off the
+channel; this is the host not taking a stray message's word for anything.)
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ from guest_runtime.protocol import (
     ListResult,
     SearchResult,
     StatResult,
+    TermExit,
+    TermOutput,
     UsageResult,
     WriteResult,
 )
+from guest_runtime.terminal import TerminalHandle
 
-__all__ = ["ExecEvent", "ExecHandle", "GuestClient"]
+__all__ = ["ExecEvent", "ExecHandle", "GuestClient", "TerminalHandle"]
 
 # A 64 MiB file read travels as ~86 MiB of base64 in one line.
 DEFAULT_MAX_LINE_BYTES = 96 * 1024 * 1024
@@ -134,6 +138,7 @@ class GuestClient:
         self._pending: dict[int, _Pending] = {}
         self.strays = 0
         self._execs: dict[str, ExecHandle] = {}
+        self._terminals: dict[str, TerminalHandle] = {}
         self._write_lock = anyio.Lock()
         self._closed = anyio.Event()
         self._close_reason = "the channel to the guest agent is not open"
@@ -205,6 +210,9 @@ class GuestClient:
         for handle in self._execs.values():
             handle._deliver(GuestUnreachable(reason))
         self._execs.clear()
+        for terminal in self._terminals.values():
+            terminal._deliver(GuestUnreachable(reason))
+        self._terminals.clear()
 
     def _dispatch(self, line: bytes) -> None:
         """Route one message. Anything malformed closes this channel, and only this channel:
@@ -249,6 +257,9 @@ class GuestClient:
         pending.done.set()
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:
+        if method in (methods.TERM_OUTPUT, methods.TERM_EXIT):
+            self._on_terminal(method, params)
+            return
         handle = self._execs.get(str(params.get("exec_id")))
         if handle is None:
             self._stray(f"{method} for an execution this channel is not running", repr(params))
@@ -278,6 +289,23 @@ class GuestClient:
                 what,
                 excerpt,
             )
+
+    def _on_terminal(self, method: str, params: dict[str, Any]) -> None:
+        terminal = self._terminals.get(str(params.get("term_id")))
+        if terminal is None:
+            self._stray(f"{method} for a terminal this channel has not open", repr(params))
+            return
+        if method == methods.TERM_OUTPUT:
+            output = TermOutput.from_wire(params)
+            if output.seq != terminal.next_seq:
+                expected = f"expected seq {terminal.next_seq}"
+                self._stray(f"terminal output out of order ({expected})", repr(params))
+                return
+            terminal.next_seq += 1
+            terminal._deliver(output)
+        else:
+            self._terminals.pop(terminal.term_id, None)
+            terminal._deliver(TermExit.model_validate(params))
 
     async def request(
         self, method: str, params: object, *, timeout: float | None = DEFAULT_CALL_TIMEOUT_S
@@ -380,6 +408,41 @@ class GuestClient:
         except BaseException:
             self._execs.pop(handle.exec_id, None)
             raise
+        return handle
+
+    async def open_terminal(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        fsize_limit: int | None = None,
+        term_id: str | None = None,
+    ) -> TerminalHandle:
+        """Open a terminal running ``command`` (None: the login shell); read its output from
+        :meth:`TerminalHandle.events`."""
+        handle = TerminalHandle(self, term_id or uuid.uuid4().hex)
+        # Registered before the request: output can arrive before the answer to term.open.
+        self._terminals[handle.term_id] = handle
+        request = methods.TermOpen(
+            command=command if command is None or isinstance(command, str) else list(command),
+            term_id=handle.term_id,
+            cwd=cwd,
+            env=dict(env) if env else None,
+            cols=cols,
+            rows=rows,
+            fsize_limit=fsize_limit,
+        )
+        try:
+            opened = await self.request(methods.TERM_OPEN, request)
+        except BaseException:
+            self._terminals.pop(handle.term_id, None)
+            raise
+        handle.pid = int(opened.get("pid", 0))
+        argv = opened.get("argv")
+        handle.argv = [str(arg) for arg in argv] if isinstance(argv, list) else []
         return handle
 
     async def read_file(

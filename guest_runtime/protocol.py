@@ -22,6 +22,8 @@ __all__ = [
     "SearchMatch",
     "SearchResult",
     "StatResult",
+    "TermExit",
+    "TermOutput",
     "UsageResult",
     "WriteResult",
 ]
@@ -67,6 +69,30 @@ class ExecExit(_Wire):
     truncated: bool = False
     stdout_bytes: int = 0
     stderr_bytes: int = 0
+    duration_ms: int = 0
+
+
+class TermOutput(_Wire):
+    term_id: str
+    seq: int
+    data: bytes
+    # Set by the host's client, never by the guest: output it dropped just before this piece
+    # because nobody took it (see guest_runtime.terminal).
+    skipped: int = 0
+
+    @classmethod
+    def from_wire(cls, params: dict[str, object]) -> TermOutput:
+        data = base64.b64decode(str(params.get("data", "")))
+        return cls.model_validate({**params, "data": data, "skipped": 0})
+
+
+class TermExit(_Wire):
+    term_id: str
+    exit_code: int | None
+    signal: int | None = None
+    closed: bool = False  # the host asked it to close (term.close, or the session ended)
+    killed: bool = False  # what was left after the hang-up or the exit was killed
+    output_bytes: int = 0
     duration_ms: int = 0
 
 

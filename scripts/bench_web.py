@@ -17,6 +17,10 @@ agent with `projectvm agents add`, and measures against that one server:
       links, every module it imports, transitively, and its session check), as transferred
       (gzip, headers included) and unpacked; the target is under 300 KB transferred.
       tests/web measures the same in Chromium.
+  (d) a keystroke's echo in a terminal: a terminal opened over the WebSocket runs
+      `cat > /dev/null`, and each character typed (an `input` message) is timed until its echo
+      arrives as `output` (through the server, the guest agent and the PTY's line discipline
+      and back); beside it, a WebSocket `ping` round trip through the same server, the floor.
 
 Prints p50/p95 of each and the ratios (lower is better for REST).
 """
@@ -24,6 +28,7 @@ Prints p50/p95 of each and the ratios (lower is better for REST).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -214,6 +219,53 @@ async def first_page_weight(base: str) -> dict[str, Any]:
     return {"requests": len(fetched), "transferred_bytes": wire, "unpacked_bytes": unpacked}
 
 
+async def keystroke_echo(base: str, token: str, runs: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base + "/api/v1", headers=headers, timeout=60) as rest:
+        project_id = (await rest.post("/projects", json={"name": "bench-tty"})).json()["project_id"]
+        ws_url = base.replace("http://", "ws://") + f"/api/v1/projects/{project_id}/ws"
+        protocols = [Subprotocol("projectvm.v1"), Subprotocol(f"bearer.{token}")]
+        echoes, pings = [], []
+        async with connect(ws_url, subprotocols=protocols) as ws:
+            await ws.recv()  # hello
+            # The terminal echoes what is typed; cat's own output (the lines) goes nowhere, so
+            # every output message is an echo.
+            opening = {"stream": "terminal", "type": "open", "command": "cat > /dev/null"}
+            await ws.send(json.dumps(opening))
+            opened = json.loads(await ws.recv())
+            if opened.get("type") != "ack":
+                raise SystemExit(f"open_terminal failed: {opened}")
+            terminal = opened["result"]["execution_id"]
+
+            async def echo_of(key: str) -> float:
+                began = time.perf_counter()
+                typed = {"stream": "terminal", "type": "input", "execution_id": terminal}
+                await ws.send(json.dumps({**typed, "data": key}))
+                seen = b""
+                while key.encode() not in seen:
+                    message = json.loads(await ws.recv())
+                    if message.get("type") == "error":
+                        raise SystemExit(f"typing failed: {message}")
+                    if message.get("type") == "output":
+                        seen += base64.b64decode(message["data"])
+                return time.perf_counter() - began
+
+            for number in range(runs + 10):
+                key = "abcdefghijklmnopqrstuvwxyz"[number % 26]
+                took = await echo_of(key)
+                if number % 40 == 39:
+                    await echo_of("\r")  # a short line: cat prints it, the next one starts
+                began = time.perf_counter()
+                await ws.send(json.dumps({"stream": "session", "type": "ping"}))
+                while json.loads(await ws.recv()).get("type") != "pong":
+                    pass
+                if number >= 10:
+                    echoes.append(took)
+                    pings.append(time.perf_counter() - began)
+        await rest.delete(f"/projects/{project_id}")
+    return {"keystroke_echo": summary(echoes), "ping": summary(pings)}
+
+
 async def run(runs: int, driver: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pvm-bench-web-") as folder:
         data_dir = Path(folder) / "data"
@@ -223,6 +275,7 @@ async def run(runs: int, driver: str) -> dict[str, Any]:
             commands = await command_round_trips(base, token, runs)
             events = await event_latency(base, token, runs)
             dashboard = await first_page_weight(base)
+            terminal = await keystroke_echo(base, token, runs)
         finally:
             process.terminate()
             with anyio.move_on_after(30):
@@ -238,6 +291,7 @@ async def run(runs: int, driver: str) -> dict[str, Any]:
         "ratio_rest_over_mcp_p50": commands["rest"]["p50_ms"] / commands["mcp"]["p50_ms"],
         "events": events,
         "dashboard_first_page": dashboard,
+        "terminal": terminal,
     }
 
 
@@ -272,6 +326,12 @@ def main() -> None:
         f"in {page['requests']} requests, {page['unpacked_bytes'] / 1000:.1f} KB unpacked  "
         "(target: under 300 KB)"
     )
+    echo, ping = figures["terminal"]["keystroke_echo"], figures["terminal"]["ping"]
+    print(
+        f"  terminal keystroke -> echo over the WebSocket: p50 {echo['p50_ms']:.2f} ms  "
+        f"p95 {echo['p95_ms']:.2f} ms"
+    )
+    print(f"    a WebSocket ping round trip (the floor): p50 {ping['p50_ms']:.2f} ms")
 
 
 if __name__ == "__main__":

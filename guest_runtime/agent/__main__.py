@@ -32,6 +32,7 @@ from .paths import Workspace
 from .rpc import DEFAULT_MAX_LINE_BYTES, Connection
 from .search import WORKER_FLAG, Searches, run_worker
 from .system import System
+from .terminals import Terminals
 from .usage import UsageMeter
 
 log = logging.getLogger("projectvm.agent")
@@ -49,6 +50,9 @@ class Agent:
         handlers.update(self.execs.handlers())
         handlers.update(self.files.handlers())
         handlers.update(Searches(self.workspace).handlers())
+        # Terminals run as commands do: the same identity, environment and limits.
+        self.terminals = Terminals(self.workspace, self._notify, run_as)
+        handlers.update(self.terminals.handlers())
         self.system = System(self.workspace, [], self.stopping.set, run_as)
         handlers.update(self.system.handlers())
         self.system.capabilities.extend(handlers)
@@ -67,7 +71,9 @@ class Agent:
         return await self.system.hello(params)
 
     def end_session(self) -> None:
+        """The host's session is over: what it started (commands, terminals) is killed."""
         self.execs.kill_all()
+        self.terminals.kill_all()
 
     async def _notify(self, method: str, params: Dict[str, Any]) -> None:
         if self.connection is not None:
@@ -95,7 +101,7 @@ async def _serve_stdio(agent: Agent) -> None:
     try:
         await agent.serve(reader, writer)
     finally:
-        agent.execs.kill_all()
+        agent.end_session()
 
 
 def _not_dumpable() -> None:
@@ -210,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 await _serve_stdio(agent)
         finally:
-            agent.execs.kill_all()
+            agent.end_session()
 
     asyncio.run(run())
     os.sync()  # what the commands wrote reaches the disks before the VM is reset

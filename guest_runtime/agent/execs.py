@@ -51,7 +51,7 @@ SIGNALS = {
 }
 
 
-def _child_setup(
+def child_setup(
     fsize_limit: Optional[int], identity: "Optional[Identity]"
 ) -> Optional[Callable[[], None]]:
     """What the child does between fork and exec: no file may grow past ``fsize_limit`` (a
@@ -70,7 +70,7 @@ def _child_setup(
     return apply
 
 
-def _default_shell() -> str:
+def default_shell() -> str:
     return shutil.which("bash") or "/bin/sh"
 
 
@@ -133,7 +133,7 @@ class Execs:
         if isinstance(command, str):
             if not command.strip():
                 raise InvalidParams("command is empty")
-            argv = [request.shell or _default_shell(), "-c", command]
+            argv = [request.shell or default_shell(), "-c", command]
         elif command:
             argv = list(command)
         else:
@@ -195,7 +195,7 @@ class Execs:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_child_setup(fsize_limit, self.identity),
+                preexec_fn=child_setup(fsize_limit, self.identity),
             )
         except FileNotFoundError:
             os.close(out_r)

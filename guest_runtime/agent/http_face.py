@@ -161,7 +161,7 @@ class HttpFace:
                 writer.close()
             if self._connections:
                 await asyncio.wait(list(self._connections.values()), timeout=CLOSE_GRACE_S)
-            self.agent.execs.kill_all()
+            self.agent.end_session()
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: Any) -> None:
         task = asyncio.current_task()
@@ -257,7 +257,7 @@ class HttpFace:
             self._session = None
             self.agent.connection = None
         session.connection.abort()
-        self.agent.execs.kill_all()
+        self.agent.end_session()
         await session.websocket.close(code, reason)
 
     async def _keep_alive(self, websocket: WebSocket) -> None:

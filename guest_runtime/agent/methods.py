@@ -34,9 +34,16 @@ FS_SEARCH = "fs.search"
 FS_USAGE = "fs.usage"
 SYSTEM_STATS = "system.stats"
 SYSTEM_SHUTDOWN = "system.shutdown"
+TERM_OPEN = "term.open"
+TERM_INPUT = "term.input"
+TERM_RESIZE = "term.resize"
+TERM_CLOSE = "term.close"
+TERM_LIST = "term.list"
 # Notifications the agent sends.
 EXEC_OUTPUT = "exec.output"
 EXEC_EXIT = "exec.exit"
+TERM_OUTPUT = "term.output"
+TERM_EXIT = "term.exit"
 
 T = TypeVar("T")
 
@@ -175,6 +182,38 @@ class FsUsage:
     timeout_s: Optional[float] = None  # stop walking here and report a partial count
 
 
+@dataclasses.dataclass
+class TermOpen:
+    # A shell command line, an argv run without a shell, or None: the login shell.
+    command: Optional[Union[str, List[str]]] = None
+    term_id: Optional[str] = None
+    cwd: Optional[str] = None
+    env: Optional[Dict[str, str]] = None
+    cols: int = 80
+    rows: int = 24
+    fsize_limit: Optional[int] = None  # RLIMIT_FSIZE for the terminal's processes
+    shell: Optional[str] = None
+
+
+@dataclasses.dataclass
+class TermInput:
+    term_id: str
+    data: str = ""  # base64
+
+
+@dataclasses.dataclass
+class TermResize:
+    term_id: str
+    cols: int
+    rows: int
+
+
+@dataclasses.dataclass
+class TermClose:
+    term_id: str
+    grace_s: float = 2.0  # after the hang-up, how long before what is left is killed
+
+
 PARAMS: Dict[str, type] = {
     HELLO: Empty,
     EXEC_START: ExecStart,
@@ -194,6 +233,11 @@ PARAMS: Dict[str, type] = {
     FS_USAGE: FsUsage,
     SYSTEM_STATS: Empty,
     SYSTEM_SHUTDOWN: Empty,
+    TERM_OPEN: TermOpen,
+    TERM_INPUT: TermInput,
+    TERM_RESIZE: TermResize,
+    TERM_CLOSE: TermClose,
+    TERM_LIST: Empty,
 }
 
 

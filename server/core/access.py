@@ -137,6 +137,20 @@ class Policy:
                 "change it"
             )
 
+    @classmethod
+    def check_terminal(cls, project: Project, command: str | None) -> None:
+        """A terminal's program goes through the command lists; a login shell (no command)
+        would run anything, so a project that lists the commands it allows refuses one."""
+        if command is not None:
+            cls.check_command(project, command)
+        elif project.settings.command_allowlist:
+            raise AccessDenied(
+                f"project {project.project_id} only runs commands matching "
+                f"{', '.join(repr(p) for p in project.settings.command_allowlist)} "
+                "(command_allowlist), and a login shell would run anything; open the terminal "
+                "with a command the list allows, or ask an admin to change it"
+            )
+
     @staticmethod
     def command_environment(project: Project, env: Mapping[str, str] | None) -> dict[str, str]:
         """The environment of a command: the project's variables win over the caller's.

@@ -446,6 +446,14 @@ class Executions:
             next_since=len(live.chunks),
         )
 
+    @staticmethod
+    def _command_only(execution: Execution, use: str) -> None:
+        """A terminal is an execution too, but it is driven with the terminal_* tools."""
+        if execution.kind == "terminal":
+            raise InvalidInput(
+                f"execution {execution.execution_id} is a terminal, not a command; {use}"
+            )
+
     async def _locate(
         self, caller: Caller, execution_id: str
     ) -> tuple[Execution, Grant, LiveExecution | None]:
@@ -468,6 +476,7 @@ class Executions:
         """Output after cursor ``since``; with ``wait_s``, wait that long for more or the end."""
         since, wait_s = request.since, request.wait_s
         execution, grant, live = await self._locate(caller, request.execution_id)
+        self._command_only(execution, "look at it with terminal_read")
         if live is None:
             # Finished long ago: only the stored record is left.
             first = since == 0
@@ -505,6 +514,7 @@ class Executions:
 
     async def send_input(self, caller: Caller, request: SendInput) -> CommandOutput:
         execution, grant, live = await self._locate(caller, request.execution_id)
+        self._command_only(execution, "type into it with terminal_write")
         self._gate.policy.check_owner(
             grant, execution.agent_id, f"execution {execution.execution_id}", "send input to"
         )
@@ -538,6 +548,7 @@ class Executions:
     async def cancel(self, caller: Caller, request: CancelExecution) -> CommandResult:
         execution, grant, live = await self._locate(caller, request.execution_id)
         execution_id = execution.execution_id
+        self._command_only(execution, "end it with close_terminal")
         self._gate.policy.check_owner(
             grant, execution.agent_id, f"execution {execution_id}", "cancel"
         )

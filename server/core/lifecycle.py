@@ -229,6 +229,7 @@ class Lifecycle:
         kept = False
         try:
             runtime.withdraw_queued(ExecutionStatus.KILLED, reason)
+            runtime.end_terminals(ExecutionStatus.KILLED, reason)
             await self.channels.close(project.project_id)
             if project.vm_id is not None:
                 driver = self.driver(project)

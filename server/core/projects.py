@@ -234,7 +234,7 @@ class Projects:
                 )
             try:
                 await self._lifecycle.halt(
-                    project, f"the project was stopped by {agent} while the command ran"
+                    project, f"the project was stopped by {agent} while it ran"
                 )
             except DriverError as err:
                 await self._lifecycle.set_status(
@@ -264,9 +264,7 @@ class Projects:
             project, agent = grant.project, caller.agent_id
             await lifecycle.set_status(project, agent, VMStatus.DESTROYING)
             try:
-                await lifecycle.halt(
-                    project, f"the project was deleted by {agent} while the command ran"
-                )
+                await lifecycle.halt(project, f"the project was deleted by {agent} while it ran")
                 for vm_id in await lifecycle.vms_of(project):
                     await lifecycle.driver(project).destroy_project_vm(vm_id)
             except DriverError as err:

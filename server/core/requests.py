@@ -20,6 +20,7 @@ __all__ = [
     "REQUESTS",
     "AssignAgent",
     "CancelExecution",
+    "CloseTerminal",
     "CreateProject",
     "DeletePath",
     "DeleteProject",
@@ -33,17 +34,22 @@ __all__ = [
     "ListLocks",
     "ListMembers",
     "ListProjects",
+    "ListTerminals",
     "LockPath",
     "MovePath",
+    "OpenTerminal",
     "ReadCommandOutput",
     "ReadFile",
     "RemoveAgent",
     "Request",
+    "ResizeTerminal",
     "RunCommand",
     "SearchFiles",
     "SendInput",
     "StartProject",
     "StopProject",
+    "TerminalRead",
+    "TerminalWrite",
     "UnlockPath",
     "UpdateProjectSettings",
     "WhoAmI",
@@ -57,6 +63,14 @@ WorkspacePath = Annotated[
 ExecutionId = Annotated[
     str, Field(description="the execution's id, as returned by run_command or list_executions")
 ]
+TerminalId = Annotated[
+    str,
+    Field(
+        description="the terminal's execution id, as returned by open_terminal or list_terminals"
+    ),
+]
+Columns = Annotated[int, Field(ge=10, le=500, description="width in characters")]
+Rows = Annotated[int, Field(ge=2, le=200, description="height in lines")]
 IfMatch = Annotated[
     str | None,
     Field(
@@ -410,6 +424,139 @@ class GetEvents(ProjectRequest):
     limit: Annotated[int, Field(ge=1, le=1000)] = 200
 
 
+# -- terminals --------------------------------------------------------------------------------
+
+
+class OpenTerminal(ProjectRequest):
+    """Open an interactive terminal in the project's VM, for programs that need a TTY: a
+    REPL, an editor, a prompt, a pager, top. Type with terminal_write, look with
+    terminal_read, end it with close_terminal.
+
+    It holds one of the project's execution slots while open (beyond the limit it waits in
+    the queue, status 'queued') and is recorded in the execution history (kind 'terminal').
+    It is closed after idle_timeout_s without input, and when the project stops or sleeps.
+    """
+
+    command: Annotated[
+        str | None,
+        Field(
+            description="a program to run instead of the login shell, e.g. 'python3' "
+            "(run with bash -c); the terminal ends when it exits"
+        ),
+    ] = None
+    cols: Columns = 80
+    rows: Rows = 24
+    cwd: Annotated[
+        str | None, Field(description="working directory in the workspace; default its root")
+    ] = None
+    env: Annotated[
+        Environment | None,
+        Field(
+            description="extra environment variables; the project's environment_variables "
+            "cannot be overridden"
+        ),
+    ] = None
+    idle_timeout_s: Annotated[
+        float | None,
+        Field(gt=0, description="close it after this long without input (default 1800 s)"),
+    ] = None
+
+
+class TerminalWrite(Request):
+    """Type into a terminal you opened: text, then named keys (admins may type into any).
+
+    Returns next_since: pass it to terminal_read as since to see what the program printed
+    in answer.
+    """
+
+    execution_id: TerminalId
+    text: Annotated[
+        str,
+        Field(
+            description="typed as is; a newline is typed as Enter (with encoding 'base64': "
+            "exactly these bytes)"
+        ),
+    ] = ""
+    keys: Annotated[
+        list[str],
+        Field(
+            description="named keys typed after the text, in order: enter, tab, escape, "
+            "backspace, delete, up, down, left, right, home, end, page-up, page-down, "
+            "f1-f12, ctrl-a ... ctrl-z (ctrl-c interrupts, ctrl-d ends input), alt-<key>"
+        ),
+    ] = []
+    encoding: Annotated[Literal["utf-8", "base64"], Field(description="how text is encoded")] = (
+        "utf-8"
+    )
+
+
+class TerminalRead(Request):
+    """Look at a terminal: its screen as text (mode 'screen'), or what it printed after a
+    cursor (mode 'output'). Any member may watch any terminal of the project.
+
+    With wait_s, first wait for output after since (or for wait_for to match), then for the
+    output to settle, so one call after terminal_write sees the program's answer.
+    """
+
+    execution_id: TerminalId
+    mode: Annotated[
+        Literal["screen", "output"],
+        Field(
+            description="'screen': the rows the terminal shows now, with the cursor; "
+            "'output': the bytes printed after since (the last 256 KiB are kept)"
+        ),
+    ] = "screen"
+    since: Annotated[
+        int,
+        Field(ge=0, description="next_since from terminal_write or the previous terminal_read"),
+    ] = 0
+    wait_s: Annotated[
+        float, Field(ge=0, le=300, description="wait up to this long for output or wait_for")
+    ] = 0
+    wait_for: Annotated[
+        str | None,
+        Field(
+            description="a regular expression to wait for (up to wait_s) on the screen, or in "
+            "the output after since, e.g. '>>> $' for a Python prompt"
+        ),
+    ] = None
+    settle_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=10,
+            description="with wait_s and no wait_for: once output came, wait until it has "
+            "been quiet this long (0: return at the first byte)",
+        ),
+    ] = 0.15
+    encoding: Annotated[
+        Literal["text", "raw", "base64"],
+        Field(
+            description="for mode 'output': 'text' without the terminal's escape sequences, "
+            "'raw' with them, 'base64' the exact bytes"
+        ),
+    ] = "text"
+
+
+class ResizeTerminal(Request):
+    """Change a terminal's size; its program is told (SIGWINCH) and redraws."""
+
+    execution_id: TerminalId
+    cols: Columns
+    rows: Rows
+
+
+class CloseTerminal(Request):
+    """Close a terminal (yours, or any if you are an admin): its programs are hung up
+    (SIGHUP), then killed if they linger. Its exit is recorded in the history."""
+
+    execution_id: TerminalId
+
+
+class ListTerminals(ProjectRequest):
+    """The project's open terminals (and those waiting for a slot), with who opened them."""
+
+
 REQUESTS: dict[Operation, type[Request]] = {
     Operation.CREATE_PROJECT: CreateProject,
     Operation.LIST_PROJECTS: ListProjects,
@@ -439,6 +586,12 @@ REQUESTS: dict[Operation, type[Request]] = {
     Operation.UNLOCK_PATH: UnlockPath,
     Operation.LIST_LOCKS: ListLocks,
     Operation.GET_EVENTS: GetEvents,
+    Operation.OPEN_TERMINAL: OpenTerminal,
+    Operation.TERMINAL_WRITE: TerminalWrite,
+    Operation.TERMINAL_READ: TerminalRead,
+    Operation.RESIZE_TERMINAL: ResizeTerminal,
+    Operation.CLOSE_TERMINAL: CloseTerminal,
+    Operation.LIST_TERMINALS: ListTerminals,
 }
 
 OPERATION_OF: dict[type[Request], Operation] = {

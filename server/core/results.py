@@ -43,6 +43,10 @@ __all__ = [
     "ResourceUsage",
     "SearchHit",
     "SearchResults",
+    "TerminalInfo",
+    "TerminalList",
+    "TerminalView",
+    "TerminalWritten",
     "WhoAmI",
 ]
 
@@ -199,6 +203,67 @@ class ExecutionHistory(BaseModel):
         description="pass as cursor to read on from here (newest_first: null at the oldest)",
     )
     has_more: bool = Field(default=False, description="more executions are waiting after these")
+
+
+class TerminalInfo(BaseModel):
+    """A terminal: who opened it, what it runs, its size and state."""
+
+    project_id: str
+    execution_id: str = Field(description="the terminal's id in every terminal_* call")
+    agent_id: str = Field(description="who opened it: only they or an admin may type or close")
+    command: str = Field(description="the program it runs, or the login shell")
+    status: ExecutionStatus
+    cols: int
+    rows: int
+    exit_code: int | None = None
+    reason: str | None = Field(default=None, description="why it ended, when it did")
+    queue_position: int | None = Field(
+        default=None, description="while waiting for a slot: 1 = opens next"
+    )
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+
+
+class TerminalList(BaseModel):
+    project_id: str
+    terminals: list[TerminalInfo]
+
+
+class TerminalWritten(BaseModel):
+    execution_id: str
+    written: int = Field(description="bytes typed")
+    next_since: int = Field(
+        description="the output cursor before this input: pass it to terminal_read as since"
+    )
+
+
+class TerminalView(BaseModel):
+    """What a terminal shows, or printed, and whether it has ended."""
+
+    execution_id: str
+    status: ExecutionStatus
+    exit_code: int | None = None
+    reason: str | None = None
+    finished: bool
+    cols: int
+    rows: int
+    screen: str | None = Field(
+        default=None,
+        description="mode 'screen': its rows, newline-separated, blank rows at the bottom left out",
+    )
+    cursor_row: int | None = Field(default=None, description="0-based, on the screen")
+    cursor_col: int | None = None
+    alternate_screen: bool | None = Field(
+        default=None, description="a full-screen program (vim, less, top) is showing"
+    )
+    title: str | None = Field(default=None, description="the window title the program set")
+    output: str | None = Field(default=None, description="mode 'output': what came after since")
+    encoding: Literal["text", "raw", "base64"] | None = None
+    skipped: int = Field(
+        default=0, description="bytes after since that are no longer kept (only the last are)"
+    )
+    next_since: int = Field(description="the cursor after this output: pass it as since")
+    matched: bool | None = Field(default=None, description="whether wait_for matched")
 
 
 class FileRead(BaseModel):

@@ -1,4 +1,5 @@
-"""What the server holds in memory about each project: its queue, locks and live commands."""
+"""What the server holds in memory about each project: its queue, locks, live commands and
+open terminals."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from dataclasses import dataclass, field
 import anyio
 
 from server.core.live import LiveExecution
+from server.core.live_terminal import LiveTerminal
 from server.core.queue import ExecutionQueue
 from server.domain.models import ExecutionStatus, Project, ProjectSettings
 
 __all__ = ["Runtime", "Runtimes"]
 
 KEEP_FINISHED_LIVE = 64
+KEEP_FINISHED_TERMINALS = 16
 
 
 @dataclass
@@ -32,6 +35,12 @@ class Runtime:
     live: dict[str, LiveExecution] = field(default_factory=dict)
     # Recently finished executions, so followers can read their output to the end.
     recent: deque[LiveExecution] = field(default_factory=lambda: deque(maxlen=KEEP_FINISHED_LIVE))
+    # Terminals open or waiting for a slot. Not activity by themselves (unlike running
+    # commands): an idle terminal lets the project sleep, and is closed when it does.
+    terminals: dict[str, LiveTerminal] = field(default_factory=dict)
+    recent_terminals: deque[LiveTerminal] = field(
+        default_factory=lambda: deque(maxlen=KEEP_FINISHED_TERMINALS)
+    )
 
     def find(self, execution_id: str) -> LiveExecution | None:
         live = self.live.get(execution_id)
@@ -39,11 +48,28 @@ class Runtime:
             return live
         return next((x for x in self.recent if x.execution.execution_id == execution_id), None)
 
+    def find_terminal(self, execution_id: str) -> LiveTerminal | None:
+        live = self.terminals.get(execution_id)
+        if live is not None:
+            return live
+        return next(
+            (x for x in self.recent_terminals if x.execution.execution_id == execution_id), None
+        )
+
     def withdraw_queued(self, status: ExecutionStatus, reason: str) -> None:
         """Pull every execution still waiting for a slot out of the queue (a stop is under way)."""
         for live in list(self.live.values()):
             if live.handle is None:
                 live.withdraw(self.queue, status, reason)
+
+    def end_terminals(self, status: ExecutionStatus, reason: str) -> None:
+        """Every terminal is about to end with the VM's channel: record why (a stop, a sleep);
+        those still waiting for a slot leave the queue."""
+        for live in list(self.terminals.values()):
+            if live.handle is None:
+                live.withdraw(self.queue, status, reason)
+            elif live.abort_reason is None:
+                live.abort_status, live.abort_reason = status, reason
 
 
 class Runtimes:

@@ -47,6 +47,7 @@ from server.core.results import FileWrite
 from server.core.runtime import Runtimes
 from server.core.sleeper import Sleeper
 from server.core.storage import StorageGuard
+from server.core.terminals import Terminals
 from server.core.wakeup import Wakeup
 from server.domain.config import Limits, Prices, ServerConfig
 from server.domain.operations import Operation
@@ -100,6 +101,12 @@ _HANDLERS: dict[Operation, tuple[str, Handler]] = {
     Operation.UNLOCK_PATH: ("locks", Locks.unlock),
     Operation.LIST_LOCKS: ("locks", Locks.list),
     Operation.GET_EVENTS: ("feed", Feed.get_events),
+    Operation.OPEN_TERMINAL: ("terminals", Terminals.open),
+    Operation.TERMINAL_WRITE: ("terminals", Terminals.write),
+    Operation.TERMINAL_READ: ("terminals", Terminals.read),
+    Operation.RESIZE_TERMINAL: ("terminals", Terminals.resize),
+    Operation.CLOSE_TERMINAL: ("terminals", Terminals.close),
+    Operation.LIST_TERMINALS: ("terminals", Terminals.list),
 }
 
 
@@ -171,6 +178,16 @@ class ProjectService:
         )
         self.members = Members(store, self.journal, self.gate)
         self.executions = Executions(
+            store,
+            self.journal,
+            self.gate,
+            self.lifecycle,
+            self.runtimes,
+            self.storage,
+            self.limits,
+            self._task_group,
+        )
+        self.terminals = Terminals(
             store,
             self.journal,
             self.gate,

@@ -140,6 +140,7 @@ class ExecutionQueued(EventPayload):
     kind = EventKind.EXECUTION_QUEUED
     execution_id: str
     command: str
+    terminal: bool | None = None  # true for an interactive terminal (open_terminal)
 
 
 class ExecutionStarted(EventPayload):

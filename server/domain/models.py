@@ -207,6 +207,11 @@ class Execution(_Model):
     project_id: str
     agent_id: str
     command: str
+    kind: Literal["command", "terminal"] = Field(
+        default="command",
+        description="'terminal' for an interactive terminal (open_terminal); its command is "
+        "the program or shell it ran, its output the screen it ended with",
+    )
     cwd: str | None = None
     status: ExecutionStatus
     exit_code: int | None = None

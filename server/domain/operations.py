@@ -46,6 +46,12 @@ class Operation(enum.StrEnum):
     UNLOCK_PATH = "unlock_path"
     LIST_LOCKS = "list_locks"
     GET_EVENTS = "get_events"
+    OPEN_TERMINAL = "open_terminal"
+    TERMINAL_WRITE = "terminal_write"
+    TERMINAL_READ = "terminal_read"
+    RESIZE_TERMINAL = "resize_terminal"
+    CLOSE_TERMINAL = "close_terminal"
+    LIST_TERMINALS = "list_terminals"
 
 
 class Effect(enum.Enum):
@@ -99,6 +105,13 @@ OPERATIONS: dict[Operation, OperationSpec] = {
     Operation.UNLOCK_PATH: OperationSpec(_RW, Effect.REMOVE, activity=True),
     Operation.LIST_LOCKS: OperationSpec(_RO, Effect.READ),
     Operation.GET_EVENTS: OperationSpec(_RO, Effect.READ),
+    # A terminal is an execution: opening and typing are work in the VM; watching is not.
+    Operation.OPEN_TERMINAL: OperationSpec(_RW, Effect.COMMAND, activity=True),
+    Operation.TERMINAL_WRITE: OperationSpec(_RW, Effect.CHANGE, activity=True),
+    Operation.TERMINAL_READ: OperationSpec(_RO, Effect.READ),
+    Operation.RESIZE_TERMINAL: OperationSpec(_RW, Effect.UPDATE, activity=True),
+    Operation.CLOSE_TERMINAL: OperationSpec(_RW, Effect.REMOVE, activity=True),
+    Operation.LIST_TERMINALS: OperationSpec(_RO, Effect.READ),
 }
 
 

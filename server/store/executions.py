@@ -25,6 +25,7 @@ _COLUMNS = (
     "project_id",
     "agent_id",
     "command",
+    "kind",
     "cwd",
     "output",
     "error_output",
@@ -52,14 +53,15 @@ class ExecutionsRepo:
     async def insert(self, execution: Execution, server_id: str) -> None:
         await self._db.write(
             """INSERT INTO project_executions (execution_id, project_id, agent_id, command,
-                cwd, status, queued_at, started_at, queued_ms, server_id, seq)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                kind, cwd, status, queued_at, started_at, queued_ms, server_id, seq)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
                        (SELECT COALESCE(MAX(seq), 0) + 1 FROM project_executions))""",
             (
                 execution.execution_id,
                 execution.project_id,
                 execution.agent_id,
                 execution.command,
+                execution.kind,
                 execution.cwd,
                 execution.status,
                 ts(execution.queued_at),
@@ -69,11 +71,15 @@ class ExecutionsRepo:
             ),
         )
 
-    async def mark_started(self, execution_id: str, started_at: datetime, queued_ms: int) -> None:
+    async def mark_started(
+        self, execution_id: str, started_at: datetime, queued_ms: int, command: str | None = None
+    ) -> None:
+        """Running now; ``command`` replaces the recorded one (a terminal's shell, once known)."""
         await self._db.write(
-            """UPDATE project_executions SET status = ?, started_at = ?, queued_ms = ?
+            """UPDATE project_executions SET status = ?, started_at = ?, queued_ms = ?,
+                command = COALESCE(?, command)
                WHERE execution_id = ?""",
-            (ExecutionStatus.RUNNING, ts(started_at), queued_ms, execution_id),
+            (ExecutionStatus.RUNNING, ts(started_at), queued_ms, command, execution_id),
         )
 
     async def finish(self, execution: Execution) -> None:
@@ -105,6 +111,7 @@ class ExecutionsRepo:
             project_id=row["project_id"],
             agent_id=row["agent_id"],
             command=row["command"],
+            kind=row["kind"],
             cwd=row["cwd"],
             status=row["status"],
             exit_code=row["exit_code"],

@@ -107,4 +107,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 ON project_executions(project_id, seq)""",
         ],
     ),
+    (
+        4,
+        [
+            # Interactive terminals are executions too; this tells them from commands.
+            "ALTER TABLE project_executions ADD COLUMN kind TEXT NOT NULL DEFAULT 'command'",
+        ],
+    ),
 ]

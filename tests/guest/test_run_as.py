@@ -17,7 +17,7 @@ from anyio.streams.stapled import StapledByteStream
 from guest_runtime.agent.methods import TextEdit
 from guest_runtime.bundle import write_agent_zipapp
 from guest_runtime.client import GuestClient
-from guest_runtime.protocol import ExecExit, ExecOutput
+from guest_runtime.protocol import ExecExit, ExecOutput, TermOutput
 
 pytestmark = pytest.mark.anyio
 
@@ -120,3 +120,22 @@ async def test_a_command_can_neither_read_nor_signal_the_agent(
     # Its own descriptors are its stdio (and ls's directory): nothing of the agent's.
     assert output.split() == ["0", "1", "2", "3"]
     assert (await client.stat(".")).exists  # and the agent is still there
+
+
+async def test_a_terminal_runs_as_the_command_user_on_a_pty_of_its_own(
+    guest: tuple[GuestClient, int], workspace: Path
+) -> None:
+    client, agent_pid = guest
+    handle = await client.open_terminal(
+        f'id -u; id -G; stat -c %u "$(tty)"; kill -0 {agent_pid} 2>/dev/null && echo signalled; '
+        'echo "$HOME $USER"'
+    )
+    output = b""
+    with anyio.fail_after(30):
+        async for event in handle.events():
+            if isinstance(event, TermOutput):
+                output += event.data
+    assert output.decode().split("\r\n")[:-1] == ["1000", "1000", "1000", f"{workspace} pvm"]
+    assert handle.exit is not None
+    closed = await client.open_terminal("sleep 300")
+    assert (await closed.close(grace_s=1)).closed  # the agent, root, still ends its programs

@@ -84,6 +84,12 @@ def sample_arguments(project_id: str, execution_id: str) -> dict[Operation, dict
         Operation.UNLOCK_PATH: {**p, "path": "a.txt"},
         Operation.LIST_LOCKS: p,
         Operation.GET_EVENTS: p,
+        Operation.OPEN_TERMINAL: {**p, "command": "true"},
+        Operation.TERMINAL_WRITE: {**e, "text": "x"},
+        Operation.TERMINAL_READ: e,
+        Operation.RESIZE_TERMINAL: {**e, "cols": 100, "rows": 30},
+        Operation.CLOSE_TERMINAL: e,
+        Operation.LIST_TERMINALS: p,
     }
 
 

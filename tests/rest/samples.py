@@ -32,8 +32,14 @@ class Sample:
         )
 
 
-def samples(project_id: str, execution_id: str) -> dict[Operation, Sample]:
+def samples(
+    project_id: str, execution_id: str, terminal_command: str | None = "true"
+) -> dict[Operation, Sample]:
+    """``terminal_command`` is what open_terminal runs: by default one that ends at once (the
+    policy tests open dozens); None opens the login shell, which stays until the project
+    stops (so listing terminals answers the same whenever it is asked)."""
     p, e = project_id, execution_id
+    terminal = {"command": terminal_command} if terminal_command is not None else {}
     at = f"/projects/{p}"
     pid = {"project_id": p}
     eid = {"execution_id": e}
@@ -108,4 +114,17 @@ def samples(project_id: str, execution_id: str) -> dict[Operation, Sample]:
         ),
         o.LIST_LOCKS: Sample(pid, "GET", f"{at}/locks"),
         o.GET_EVENTS: Sample(pid, "GET", f"{at}/events"),
+        o.OPEN_TERMINAL: Sample({**pid, **terminal}, "POST", f"{at}/terminals", json=terminal),
+        o.LIST_TERMINALS: Sample(pid, "GET", f"{at}/terminals"),
+        o.TERMINAL_READ: Sample(eid, "GET", f"/terminals/{e}"),
+        o.TERMINAL_WRITE: Sample(
+            {**eid, "text": "x"}, "POST", f"/terminals/{e}/input", json={"text": "x"}
+        ),
+        o.RESIZE_TERMINAL: Sample(
+            {**eid, "cols": 100, "rows": 30},
+            "PUT",
+            f"/terminals/{e}/size",
+            json={"cols": 100, "rows": 30},
+        ),
+        o.CLOSE_TERMINAL: Sample(eid, "DELETE", f"/terminals/{e}", headers=REPRESENTATION),
     }

@@ -114,8 +114,8 @@ async def test_every_operation_answers_alike_over_mcp_and_rest_for_every_role(
     alice = mcp_clients["alice"]
     mcp_project, mcp_execution = await set_up(alice, members)
     rest_project, rest_execution = await set_up(alice, members)
-    on_mcp = samples(mcp_project, mcp_execution)
-    on_rest = samples(rest_project, rest_execution)
+    on_mcp = samples(mcp_project, mcp_execution, terminal_command=None)
+    on_rest = samples(rest_project, rest_execution, terminal_command=None)
     assert set(on_mcp) == set(ENDPOINTS), "every operation needs a sample call here"
     order = [op for op in ENDPOINTS if op not in LAST] + LAST
     made: list[str] = []

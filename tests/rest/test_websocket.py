@@ -173,9 +173,9 @@ async def test_access_is_checked_for_every_message(
         assert (await receive(carol))["problem"]["status"] == 403
         await send(carol, stream="session", type="ping", id="still-here")
         assert await receive(carol) == {"stream": "session", "type": "pong", "id": "still-here"}
-        await send(carol, stream="terminal", type="open")
+        await send(carol, stream="telepathy", type="open")
         unknown = await receive(carol)
-        assert "unknown stream 'terminal'" in unknown["problem"]["detail"]
+        assert "unknown stream 'telepathy'" in unknown["problem"]["detail"]
     await alice_rest.post(f"/executions/{execution_id}/cancel")
 
 

@@ -37,5 +37,5 @@ def test_every_method_has_its_parameter_type() -> None:
         for name, value in vars(methods).items()
         if (name.isupper() and isinstance(value, str) and "." in value) or value == "hello"
     }
-    notifications = {methods.EXEC_OUTPUT, methods.EXEC_EXIT}
+    notifications = {methods.EXEC_OUTPUT, methods.EXEC_EXIT, methods.TERM_OUTPUT, methods.TERM_EXIT}
     assert names - notifications == set(methods.PARAMS)

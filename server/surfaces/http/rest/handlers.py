@@ -21,6 +21,7 @@ from server.core.results import (
     EventsResult,
     ExecutionHistory,
     ProjectInfo,
+    TerminalInfo,
 )
 from server.domain.errors import NotFound
 from server.domain.models import ExecutionStatus
@@ -55,8 +56,11 @@ async def plain(api: RestApi, route: Route, request: Request) -> Response:
 async def created(api: RestApi, route: Route, request: Request) -> Response:
     model = await bind(request, route)
     result = await api.call(request, route.operation, model)
-    assert isinstance(result, ProjectInfo)
-    location = f"{API_PREFIX}/projects/{result.project_id}"
+    if isinstance(result, TerminalInfo):
+        location = f"{API_PREFIX}/terminals/{result.execution_id}"
+    else:
+        assert isinstance(result, ProjectInfo)
+        location = f"{API_PREFIX}/projects/{result.project_id}"
     return json_response(result, 201, {"Location": location})
 
 

@@ -64,6 +64,7 @@ class Route:
 _O = Operation
 _P = "/projects/{project_id}"
 _E = "/executions/{execution_id}"
+_T = "/terminals/{execution_id}"
 _FILE = _P + "/files/{path:path}"
 _LOCK = _P + "/locks/{path:path}"
 _S = "settings"
@@ -85,6 +86,13 @@ ROUTES: tuple[Route, ...] = (
     Route(_O.READ_COMMAND_OUTPUT, "GET", _E),
     Route(_O.SEND_INPUT, "POST", _E + "/input", body=Body.JSON),
     Route(_O.CANCEL_EXECUTION, "POST", _E + "/cancel"),
+    # terminals (their output also streams over the project WebSocket)
+    Route(_O.OPEN_TERMINAL, "POST", _P + "/terminals", Style.CREATED, Body.JSON),
+    Route(_O.LIST_TERMINALS, "GET", _P + "/terminals"),
+    Route(_O.TERMINAL_READ, "GET", _T),
+    Route(_O.TERMINAL_WRITE, "POST", _T + "/input", body=Body.JSON),
+    Route(_O.RESIZE_TERMINAL, "PUT", _T + "/size", body=Body.JSON),
+    Route(_O.CLOSE_TERMINAL, "DELETE", _T, Style.REMOVED),
     # files
     Route(_O.MOVE_PATH, "POST", _P + "/files:move", body=Body.JSON),
     Route(_O.READ_FILE, "GET", _FILE, Style.FILE_READ),

@@ -1,8 +1,8 @@
 """The messages of the project WebSocket (subprotocol ``projectvm.v1``), typed.
 
-Every message is a JSON object with a ``stream`` (what it is about: ``events``, ``execution``;
-terminals will be another stream) and a ``type`` (what it says). A client message may carry an
-``id``; the answer to it (``ack`` or ``error``) repeats it. Several streams share one socket.
+Every message is a JSON object with a ``stream`` (what it is about: ``events``, ``execution``,
+``terminal``) and a ``type`` (what it says). A client message may carry an ``id``; the answer
+to it (``ack`` or ``error``) repeats it. Several streams share one socket.
 
 Client to server::
 
@@ -13,6 +13,13 @@ Client to server::
     {"stream": "execution", "type": "run", "command": "make test", "keep_stdin_open": false}
     {"stream": "execution", "type": "stdin", "execution_id": "exe_..", "data": "y\\n"}
     {"stream": "execution", "type": "cancel", "execution_id": "exe_.."}
+    {"stream": "terminal", "type": "open", "command": null, "cols": 80, "rows": 24,
+     "encoding": "base64"}
+    {"stream": "terminal", "type": "attach", "execution_id": "exe_..", "since": 0}
+    {"stream": "terminal", "type": "input", "execution_id": "exe_..", "data": "ls\r"}
+    {"stream": "terminal", "type": "resize", "execution_id": "exe_..", "cols": 120, "rows": 40}
+    {"stream": "terminal", "type": "close", "execution_id": "exe_.."}
+    {"stream": "terminal", "type": "detach", "execution_id": "exe_.."}
     {"stream": "session", "type": "ping"}
 
 Server to client::
@@ -22,6 +29,11 @@ Server to client::
     {"stream": "execution", "type": "output", "execution_id": .., "stdout": .., "stderr": ..,
      "next_since": 7}
     {"stream": "execution", "type": "exit", "execution_id": .., "status": .., "exit_code": 0}
+    {"stream": "terminal", "type": "output", "execution_id": .., "data": "<base64>",
+     "encoding": "base64", "since": 0, "next_since": 42, "skipped": 0}
+    {"stream": "terminal", "type": "resize", "execution_id": .., "cols": 120, "rows": 40}
+    {"stream": "terminal", "type": "exit", "execution_id": .., "status": "completed",
+     "exit_code": 0, "reason": null, "next_since": 42}
     {"stream": .., "type": "ack", "id": .., "result": {..}}
     {"stream": .., "type": "error", "id": .., "problem": {RFC 9457 problem details}}
 """
@@ -43,6 +55,12 @@ __all__ = [
     "ExecutionSubscribe",
     "Ping",
     "StreamUnsubscribe",
+    "TerminalAttach",
+    "TerminalClose",
+    "TerminalDetach",
+    "TerminalInput",
+    "TerminalOpen",
+    "TerminalResize",
     "protocol_summary",
 ]
 
@@ -122,6 +140,81 @@ class ExecutionCancel(ClientMessage):
     execution_id: str
 
 
+OutputEncoding = Annotated[
+    Literal["base64", "utf-8"],
+    Field(
+        description="how output messages carry the terminal's bytes: 'base64' (exact; for "
+        "xterm.js write a Uint8Array) or 'utf-8' text (a character cut between two messages "
+        "comes whole in the second)"
+    ),
+]
+
+
+class TerminalOpen(ClientMessage):
+    """Open a terminal (open_terminal); the ack carries it (its ``execution_id``), then its
+    output follows on this socket."""
+
+    stream: Literal["terminal"]
+    type: Literal["open"]
+    command: str | None = None
+    cols: int = 80
+    rows: int = 24
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    idle_timeout_s: float | None = None
+    encoding: OutputEncoding = "base64"
+
+
+class TerminalAttach(ClientMessage):
+    """Follow a terminal's output after byte cursor ``since`` (0: all that is kept, the last
+    256 KiB at least), then its exit. Any member may watch; the ack carries its size."""
+
+    stream: Literal["terminal"]
+    type: Literal["attach"]
+    execution_id: str
+    since: Annotated[int, Field(ge=0)] = 0
+    encoding: OutputEncoding = "base64"
+
+
+class TerminalInput(ClientMessage):
+    """Type into a terminal (terminal_write): ``data`` exactly as a terminal sends it (Enter
+    is a carriage return). Answered only when it fails, or with an ack when it has an ``id``."""
+
+    stream: Literal["terminal"]
+    type: Literal["input"]
+    execution_id: str
+    data: str
+    encoding: Annotated[Literal["utf-8", "base64"], Field(description="how data is encoded")] = (
+        "utf-8"
+    )
+
+
+class TerminalResize(ClientMessage):
+    """Change a terminal's size (resize_terminal); every watcher gets a ``resize``."""
+
+    stream: Literal["terminal"]
+    type: Literal["resize"]
+    execution_id: str
+    cols: int
+    rows: int
+
+
+class TerminalClose(ClientMessage):
+    """Close a terminal (close_terminal); the ack carries how it ended, after its ``exit``."""
+
+    stream: Literal["terminal"]
+    type: Literal["close"]
+    execution_id: str
+
+
+class TerminalDetach(ClientMessage):
+    """Stop following a terminal; it stays open."""
+
+    stream: Literal["terminal"]
+    type: Literal["detach"]
+    execution_id: str
+
+
 def protocol_summary() -> str:
     """The protocol, as HTML for the API docs page."""
     messages: list[type[ClientMessage]] = [
@@ -130,13 +223,22 @@ def protocol_summary() -> str:
         ExecutionRun,
         ExecutionStdin,
         ExecutionCancel,
+        TerminalOpen,
+        TerminalAttach,
+        TerminalInput,
+        TerminalResize,
+        TerminalClose,
+        TerminalDetach,
         StreamUnsubscribe,
         Ping,
     ]
     rows = []
     for model in messages:
         fields = model.model_fields
-        stream = fields["stream"].default if fields["stream"].default else "events | execution"
+        field = fields["stream"]
+        named = getattr(field.annotation, "__args__", ())
+        stream = " | ".join(named) if field.is_required() else field.default
+        stream = stream or "events | execution"
         kind = fields["type"].annotation
         kind_name = getattr(kind, "__args__", ("",))[0]
         extra = ", ".join(name for name in fields if name not in ("stream", "type", "id"))
@@ -155,7 +257,12 @@ def protocol_summary() -> str:
         "4403) with the reason.</p><table><tr><th>stream</th><th>type</th><th>fields</th>"
         f"<th></th></tr>{''.join(rows)}</table><p>The server sends <code>hello</code> first, "
         "then <code>event</code>, <code>output</code>, <code>exit</code>, <code>ack</code>, "
-        "<code>error</code> (with an RFC 9457 problem) and <code>pong</code> messages.</p>"
+        "<code>error</code> (with an RFC 9457 problem) and <code>pong</code> messages; "
+        "for a terminal, <code>output</code> (<code>data</code> in the stated "
+        "<code>encoding</code>, with the byte cursors <code>since</code> and "
+        "<code>next_since</code>: attach again with <code>since</code> = the last "
+        "<code>next_since</code> to resume without a repeat), <code>resize</code> and "
+        "<code>exit</code>.</p>"
     )
 
 

@@ -7,11 +7,14 @@ the agent, replays what the store has after the cursor, then waits on the hub fo
 guard re-checks membership at every change of the project; an agent removed while connected
 gets nothing more and the socket is closed with the reason (code 4403).
 
-Streams are a table (:data:`STREAMS`): a terminal is one more stream with its own messages.
+Streams are a table (:data:`STREAMS`): ``session``, ``events``, ``execution`` and ``terminal``,
+each with its own messages. A terminal's output is followed the same way, by long-polls of
+``terminal_read`` from a byte cursor, so a watcher who loses access stops receiving at once.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -27,13 +30,24 @@ from guest_runtime.errors import ProjectVMError
 from server.core.caller import Caller
 from server.core.requests import (
     CancelExecution,
+    CloseTerminal,
     GetEvents,
+    OpenTerminal,
     ReadCommandOutput,
+    ResizeTerminal,
     RunCommand,
     SendInput,
+    TerminalRead,
+    TerminalWrite,
 )
 from server.core.requests import Request as OperationRequest
-from server.core.results import CommandOutput, CommandResult, EventsResult
+from server.core.results import (
+    CommandOutput,
+    CommandResult,
+    EventsResult,
+    TerminalInfo,
+    TerminalView,
+)
 from server.core.service import ProjectService
 from server.domain.errors import AccessDenied, NotFound
 from server.domain.operations import Operation
@@ -47,6 +61,12 @@ from server.surfaces.http.ws.messages import (
     ExecutionSubscribe,
     Ping,
     StreamUnsubscribe,
+    TerminalAttach,
+    TerminalClose,
+    TerminalDetach,
+    TerminalInput,
+    TerminalOpen,
+    TerminalResize,
     server_message,
 )
 
@@ -369,8 +389,140 @@ class ExecutionStream:
             )
 
 
+class TerminalStream:
+    """Terminals: open or attach (then output, resizes and the exit follow), input, resize,
+    close, detach. Input is answered only when it fails or carries an ``id``: a keystroke
+    costs one message each way, its echo."""
+
+    async def handle(self, session: Session, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "open":
+            opening = TerminalOpen.model_validate(message)
+            fields = opening.model_dump(exclude={"stream", "type", "id", "encoding"})
+            request = OpenTerminal(project_id=session.project_id, **fields)
+            opened = await session.call(Operation.OPEN_TERMINAL, request)
+            assert isinstance(opened, TerminalInfo)
+            await self._follow(session, opening, opened.execution_id, 0, opening.encoding, opened)
+        elif kind == "attach":
+            attach = TerminalAttach.model_validate(message)
+            await self._follow(session, attach, attach.execution_id, attach.since, attach.encoding)
+        elif kind == "input":
+            typed = TerminalInput.model_validate(message)
+            data = typed.data
+            if typed.encoding == "utf-8":  # exactly these bytes: no newline translation
+                data = base64.b64encode(data.encode()).decode()
+            write = TerminalWrite(execution_id=typed.execution_id, text=data, encoding="base64")
+            written = await session.call(Operation.TERMINAL_WRITE, write)
+            if typed.id is not None:
+                await session.reply(typed, written)
+        elif kind == "resize":
+            resize = TerminalResize.model_validate(message)
+            size = ResizeTerminal(
+                execution_id=resize.execution_id, cols=resize.cols, rows=resize.rows
+            )
+            resized = await session.call(Operation.RESIZE_TERMINAL, size)
+            if resize.id is not None:
+                await session.reply(resize, resized)
+        elif kind == "close":
+            close = TerminalClose.model_validate(message)
+            ending = CloseTerminal(execution_id=close.execution_id)
+            await session.reply(close, await session.call(Operation.CLOSE_TERMINAL, ending))
+        elif kind == "detach":
+            detach = TerminalDetach.model_validate(message)
+            session.unsubscribe("terminal", detach.execution_id)
+            await session.reply(detach)
+        else:
+            raise _bad(f"unknown terminal message type {kind!r}; see /api/v1/docs#websocket")
+
+    async def _follow(
+        self,
+        session: Session,
+        message: ClientMessage,
+        execution_id: str,
+        since: int,
+        encoding: str,
+        opened: TerminalInfo | None = None,
+    ) -> None:
+        # The first round is made here, so a refusal (not a member, not a terminal) answers
+        # this message.
+        first = await self._round(session, execution_id, since, encoding, wait_s=0)
+
+        async def follow() -> None:
+            piece, size, cursor = first, (first.cols, first.rows), since
+            while True:
+                if (piece.cols, piece.rows) != size and piece.cols:
+                    size = (piece.cols, piece.rows)
+                    await session.send(
+                        server_message(
+                            "terminal",
+                            "resize",
+                            execution_id=execution_id,
+                            cols=piece.cols,
+                            rows=piece.rows,
+                        )
+                    )
+                await self._deliver(session, execution_id, piece, cursor, encoding)
+                if piece.finished:
+                    return
+                cursor = piece.next_since
+                piece = await self._round(session, execution_id, cursor, encoding, POLL_WAIT_S)
+
+        if opened is not None:
+            await session.reply(message, opened)
+        else:
+            await session.reply(message, first.model_copy(update={"output": None}))
+        session.subscribe("terminal", execution_id, follow)
+
+    @staticmethod
+    async def _round(
+        session: Session, execution_id: str, since: int, encoding: str, wait_s: float
+    ) -> TerminalView:
+        request = TerminalRead(
+            execution_id=execution_id,
+            mode="output",
+            since=since,
+            wait_s=wait_s,
+            settle_s=0,  # deliver at once: the echo of a keystroke is what a person waits for
+            encoding="base64" if encoding == "base64" else "raw",
+        )
+        result = await session.call(Operation.TERMINAL_READ, request)
+        assert isinstance(result, TerminalView)
+        return result
+
+    @staticmethod
+    async def _deliver(
+        session: Session, execution_id: str, piece: TerminalView, since: int, encoding: str
+    ) -> None:
+        if piece.output:
+            await session.send(
+                server_message(
+                    "terminal",
+                    "output",
+                    execution_id=execution_id,
+                    data=piece.output,
+                    encoding=encoding,
+                    since=since + piece.skipped,
+                    next_since=piece.next_since,
+                    skipped=piece.skipped,
+                )
+            )
+        if piece.finished:
+            await session.send(
+                server_message(
+                    "terminal",
+                    "exit",
+                    execution_id=execution_id,
+                    status=piece.status,
+                    exit_code=piece.exit_code,
+                    reason=piece.reason,
+                    next_since=piece.next_since,
+                )
+            )
+
+
 STREAMS: dict[str, StreamKind] = {
     "session": SessionStream(),
     "events": EventsStream(),
     "execution": ExecutionStream(),
+    "terminal": TerminalStream(),
 }
