@@ -36,6 +36,7 @@ from server.core.requests import Request as OperationRequest
 from server.core.results import CommandOutput, CommandResult, EventsResult
 from server.core.service import ProjectService
 from server.domain.errors import AccessDenied, NotFound
+from server.domain.invalid import describe
 from server.domain.operations import Operation
 from server.surfaces.http.problems import Problem, problem_of
 from server.surfaces.http.ws.messages import (
@@ -177,8 +178,8 @@ class Session:
             message = json.loads(text)
             if not isinstance(message, dict):
                 raise ValueError("not an object")
-        except ValueError:
-            await self.refuse("session", _bad("a message must be a JSON object"))
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply to read
+            await self.refuse("session", _bad("a message must be a flat JSON object"))
             return
         stream = message.get("stream")
         kind = STREAMS.get(stream) if isinstance(stream, str) else None
@@ -191,10 +192,7 @@ class Session:
         try:
             await kind.handle(self, message)
         except ValidationError as err:
-            listed = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                for e in err.errors(include_url=False)
-            )
+            listed = describe(err, whole="message")
             problem = _bad(f"invalid {stream} message: {listed}; see /api/v1/docs#websocket")
             await self.refuse(str(stream), problem, message_id)
         except ProjectVMError as err:
