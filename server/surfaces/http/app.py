@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.core.service import ProjectService
+from server.surfaces.http.agent_slots import AgentSlots, LimitPerAgent, share_of
 from server.surfaces.http.auth import (
     Authenticate,
     Authenticator,
@@ -37,9 +38,11 @@ def build_http_app(
     allowed_hosts: list[str] | None = None,
     *,
     credential_sources: Sequence[CredentialSource] = (),
+    max_connections: int | None = None,
 ) -> ASGIApp:
     """``credential_sources``: more ways to authenticate after the bearer token (the
-    dashboard's session cookie)."""
+    dashboard's session cookie). ``max_connections``: the connections the server keeps (by
+    default the configured ``http_max_connections``); each agent may use a share of them."""
     hosts = HostPolicy.for_bind(host, allowed_hosts)
     # A write_file call carries its content base64- or JSON-encoded: leave room for that.
     largest_file = handle.config.limits.max_file_bytes
@@ -59,7 +62,8 @@ def build_http_app(
         return handle.state.service if handle.state is not None else None
 
     authenticator = Authenticator(BearerTokens(resolve), credential_sources)
-    rest_app = build_rest_app(service, authenticator, hosts)
+    slots = AgentSlots(share_of(max_connections or handle.config.limits.http_max_connections))
+    rest_app = build_rest_app(service, authenticator, hosts, slots=slots)
     # A JSON-RPC id already in flight in the session is refused before the SDK sees it.
     mcp_guarded = UniqueRequestIds(mcp_app, MCP_PATH, largest_body)
 
@@ -72,4 +76,6 @@ def build_http_app(
         else:
             await mcp_guarded(scope, receive, send)
 
-    return Authenticate(dispatch, authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS})
+    return Authenticate(
+        LimitPerAgent(dispatch, slots), authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS}
+    )

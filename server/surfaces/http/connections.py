@@ -111,6 +111,8 @@ class ConnectionGuard:
         self.open.add(connection)
         self._waiting[connection] = None
         if len(self.open) > self.limits.max_connections:
+            self._forget_closed()
+        if len(self.open) > self.limits.max_connections:
             victim = self._surplus(excluding=connection) or connection
             self.closed_surplus += 1
             if self.closed_surplus == 1 or self.closed_surplus % 1000 == 0:
@@ -138,6 +140,11 @@ class ConnectionGuard:
             connection.tail = seen[-3:]
 
     def lost(self, connection: TrackedConnection) -> None:
+        self._forget(connection)
+
+    def ended(self, connection: TrackedConnection) -> None:
+        """A WebSocket's app returned: the connection is closing (its protocol is no longer
+        the one that would report it lost), so it no longer counts."""
         self._forget(connection)
 
     # --- what the ASGI middleware reports ---------------------------------------------------
@@ -209,6 +216,14 @@ class ConnectionGuard:
                 if connection is not excluding:
                     return connection
         return None
+
+    def _forget_closed(self) -> None:
+        """Forget connections closed since the last sweep (WebSockets, which another protocol
+        serves): they must not count against the cap, or newcomers are refused for them."""
+        for connection in list(self.open):
+            transport = connection.transport
+            if transport is not None and transport.is_closing():
+                self._forget(connection)
 
     def _forget(self, connection: TrackedConnection) -> None:
         self.open.discard(connection)
@@ -295,7 +310,10 @@ class _PhaseReporter:
             return
         if scope["type"] != "http":  # a WebSocket: served for as long as it lasts
             self.guard.headers_complete(connection, has_body=False)
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:  # refused or closed: the connection ends with it
+                self.guard.ended(connection)
             return
         guard = self.guard
         guard.headers_complete(connection, _has_body(scope))

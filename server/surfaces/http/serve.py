@@ -129,7 +129,13 @@ async def serve_http(
     limits = handle.config.limits
     guard = ConnectionGuard(connection_limits(limits, raise_open_file_limit()))
     app = guard.watch(
-        build_http_app(handle, host, allowed_hosts, credential_sources=credential_sources)
+        build_http_app(
+            handle,
+            host,
+            allowed_hosts,
+            credential_sources=credential_sources,
+            max_connections=guard.limits.max_connections,
+        )
     )
     sock = _bind(host, port)
     config = uvicorn.Config(
