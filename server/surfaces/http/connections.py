@@ -15,6 +15,11 @@ deadline (the numbers are ``Limits``' ``http_*`` settings):
 - ``SERVING``: the request is with the app (a tool call, an event stream): no deadline.
 - ``IDLE``: answered, kept alive for the next request for ``http_keep_alive_timeout_s``.
 
+And in any phase, a connection the server cannot write to (the client does not read what it
+was sent: its socket buffers are full) is closed once that has lasted
+``http_request_body_timeout_s``: a download, an event stream or an answer nobody reads would
+otherwise hold its memory for as long as the client keeps the socket open.
+
 And at most ``http_max_connections`` are open: a new connection past the cap closes the one that
 has waited longest without completing its request (else the longest idle one), so a new client
 always gets in unless every connection is being served.
@@ -37,12 +42,29 @@ from typing import Any, ClassVar
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ConnectionGuard", "ConnectionLimits", "Phase", "TrackedConnection"]
+__all__ = [
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "Phase",
+    "TrackedConnection",
+    "abort_connection",
+]
 
 log = logging.getLogger("projectvm.http")
 
 # Where the protocol leaves a request's connection, in the request's (ASGI) state.
 CONNECTION_STATE_KEY = "projectvm.connection"
+
+
+def abort_connection(scope: Scope) -> bool:
+    """Close a request's connection at once, dropping whatever is unsent (for a WebSocket whose
+    client stopped reading); False when the request came without a watched connection."""
+    connection = (scope.get("state") or {}).get(CONNECTION_STATE_KEY)
+    transport = connection.transport if isinstance(connection, TrackedConnection) else None
+    if transport is None:
+        return False
+    transport.abort()
+    return True
 
 
 class Phase(enum.Enum):
@@ -59,6 +81,8 @@ class ConnectionLimits:
     min_body_bytes_per_s: int
     keep_alive_timeout_s: float
     max_connections: int
+    # How long the server may be unable to write to a connection before closing it.
+    send_timeout_s: float = 15.0
     # How many connections asyncio accepts in one go (uvicorn's "backlog") before any of them
     # reaches the guard. Small, so that a burst can neither run the process out of descriptors
     # nor close a new connection (as surplus) before its first bytes are read.
@@ -77,11 +101,14 @@ class TrackedConnection:
     received_at_headers: int = 0
     completed: int = 0  # requests answered
     tail: bytes = b""  # the last bytes received while awaiting headers (their end may straddle)
+    write_blocked_since: float | None = None  # since when the client has not read our writes
 
     def __post_init__(self) -> None:
         self.since = self.opened_at
 
     def deadline(self, limits: ConnectionLimits) -> float | None:
+        if self.write_blocked_since is not None:
+            return self.write_blocked_since + limits.send_timeout_s
         if self.phase is Phase.AWAITING:
             return self.since + limits.header_timeout_s
         if self.phase is Phase.BODY:
@@ -142,6 +169,10 @@ class ConnectionGuard:
     def lost(self, connection: TrackedConnection) -> None:
         self._forget(connection)
 
+    def write_blocked(self, connection: TrackedConnection, blocked: bool) -> None:
+        """The transport's buffer is full (the client is not reading), or drained again."""
+        connection.write_blocked_since = self.clock() if blocked else None
+
     def ended(self, connection: TrackedConnection) -> None:
         """A WebSocket's app returned: the connection is closing (its protocol is no longer
         the one that would report it lost), so it no longer counts."""
@@ -168,14 +199,16 @@ class ConnectionGuard:
         now = self.clock()
         for connection in list(self.open):
             transport = connection.transport
-            if transport is None or transport.is_closing():
-                # Handed to another protocol (a WebSocket) or closing: no longer ours to watch.
+            blocked = connection.write_blocked_since is not None
+            if transport is None or (transport.is_closing() and not blocked):
+                # Handed to another protocol (a WebSocket) or closed: no longer ours to watch.
+                # (Closed with data its client does not read, it waits for its deadline.)
                 self._forget(connection)
                 continue
             deadline = connection.deadline(self.limits)
             if deadline is not None and now >= deadline:
                 self.closed_slow += 1
-                self._close(connection, abort=connection.phase is not Phase.IDLE)
+                self._close(connection, abort=blocked or connection.phase is not Phase.IDLE)
 
     async def sweep_forever(self, interval_s: float = 1.0) -> None:
         while True:
@@ -223,6 +256,8 @@ class ConnectionGuard:
         for connection in list(self.open):
             transport = connection.transport
             if transport is not None and transport.is_closing():
+                if connection.write_blocked_since is not None:
+                    transport.abort()  # closed, but its client reads nothing it was sent
                 self._forget(connection)
 
     def _forget(self, connection: TrackedConnection) -> None:
@@ -233,13 +268,12 @@ class ConnectionGuard:
     def _close(self, connection: TrackedConnection, *, abort: bool) -> None:
         self._forget(connection)
         transport = connection.transport
-        if transport is not None and not transport.is_closing():
-            # Aborting frees the descriptor now, whatever a client that does not read left
-            # unsent; an idle connection has nothing pending and closes politely.
-            if abort:
-                transport.abort()
-            else:
-                transport.close()
+        # Aborting frees the descriptor now, whatever a client that does not read left unsent
+        # (also once closing: a close waits for that); an idle connection closes politely.
+        if transport is not None and abort:
+            transport.abort()
+        elif transport is not None and not transport.is_closing():
+            transport.close()
 
 
 class GuardedProtocol(asyncio.Protocol):
@@ -280,9 +314,11 @@ class GuardedProtocol(asyncio.Protocol):
         self.protocol.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self.guard.write_blocked(self.connection, True)
         self.protocol.pause_writing()
 
     def resume_writing(self) -> None:
+        self.guard.write_blocked(self.connection, False)
         self.protocol.resume_writing()
 
 

@@ -35,6 +35,9 @@ __all__ = ["PIECE_BYTES", "read_file", "write_file"]
 
 # One range of a download or one piece of an upload: what the server holds at a time.
 PIECE_BYTES = 4 * 1024 * 1024
+# What a download hands the connection at once: a client that reads slowly (or not at all)
+# then leaves at most this much in the connection's buffer, beside the piece being sent.
+WRITE_BYTES = 64 * 1024
 
 
 def _wants_json(request: Request) -> bool:
@@ -114,22 +117,27 @@ async def read_file(api: RestApi, route: Route, request: Request) -> Response:
     stop = first.size if end is None else min(end, first.size)
     headers["Content-Length"] = str(max(0, stop - start))
     media_type = mimetypes.guess_type(first.path)[0] or "application/octet-stream"
-    opening = first
+    sha256, path = first.sha256, first.path
+    data = base64.b64decode(first.content)
+    del first  # only the bytes are kept while they are sent, not their base64 too
 
     async def pieces() -> AsyncIterator[bytes]:
-        current, offset = opening, start
+        nonlocal data
+        offset = start
         while True:
-            data = base64.b64decode(current.content)
-            yield data
+            for at in range(0, len(data), WRITE_BYTES):
+                yield data[at : at + WRITE_BYTES]
             offset += len(data)
             if offset >= stop or not data:
                 return
+            data = b""  # the piece sent is let go before the next one is read
             following = await service.call(caller, piece(offset, end))
             assert isinstance(following, FileRead)
-            if following.sha256 != opening.sha256:
+            if following.sha256 != sha256:
                 # Too late for a status: ending short makes the client see a broken transfer.
-                raise _FileChanged(f"{opening.path} changed during the download; fetch it again")
-            current = following
+                raise _FileChanged(f"{path} changed during the download; fetch it again")
+            data = base64.b64decode(following.content)
+            del following
 
     return StreamingResponse(pieces(), status, headers, media_type)
 

@@ -38,6 +38,7 @@ from server.core.service import ProjectService
 from server.domain.errors import AccessDenied, NotFound
 from server.domain.invalid import describe
 from server.domain.operations import Operation
+from server.surfaces.http.connections import abort_connection
 from server.surfaces.http.problems import Problem, problem_of
 from server.surfaces.http.ws.messages import (
     ClientMessage,
@@ -50,6 +51,7 @@ from server.surfaces.http.ws.messages import (
     StreamUnsubscribe,
     server_message,
 )
+from server.surfaces.http.ws.outbox import Outbox
 
 __all__ = ["CLOSE_REMOVED", "STREAMS", "Session", "StreamKind"]
 
@@ -59,7 +61,13 @@ CLOSE_REMOVED = 4403
 # One round of a subscription's long-poll; then it re-admits and waits again.
 POLL_WAIT_S = 25.0
 EVENTS_PER_ROUND = 500
-OUTBOX_SIZE = 256
+# What may wait to be sent, in characters of JSON (one larger message still goes, alone).
+OUTBOX_CHARS = 4 * 1024 * 1024
+# A client that reads nothing for this long while messages wait is disconnected: it would
+# otherwise hold what waits for as long as it keeps the socket open.
+SEND_STALL_S = 15.0
+# Streams one socket may follow at once.
+MAX_SUBSCRIPTIONS = 64
 
 
 class StreamKind(Protocol):
@@ -76,7 +84,7 @@ class Session:
         self.service = service
         self.agent_id = agent_id
         self.project_id = project_id
-        self._send, self._outbox = anyio.create_memory_object_stream[dict[str, Any]](OUTBOX_SIZE)
+        self._outbox = Outbox(OUTBOX_CHARS)
         self._subscriptions: dict[tuple[str, str], anyio.CancelScope] = {}
         self._group: anyio.abc.TaskGroup | None = None
         # Held while a message is written; once closing, nothing more is.
@@ -92,7 +100,7 @@ class Session:
         return await self.service.call(self.caller(operation), request)
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self._send.send(message)
+        await self._outbox.put(json.dumps(message, ensure_ascii=False))
 
     async def reply(self, message: ClientMessage, result: BaseModel | None = None) -> None:
         fields: dict[str, Any] = {"id": message.id}
@@ -105,6 +113,16 @@ class Session:
     ) -> None:
         body = problem.body()
         await self.send(server_message(stream, "error", id=message_id, problem=body))
+
+    def check_room(self, stream: str, key: str) -> None:
+        """Refuse a subscription past :data:`MAX_SUBSCRIPTIONS` (replacing one is fine)."""
+        if (stream, key) not in self._subscriptions and len(
+            self._subscriptions
+        ) >= MAX_SUBSCRIPTIONS:
+            raise _bad(
+                f"this socket already follows {MAX_SUBSCRIPTIONS} streams, the most one may; "
+                "unsubscribe from one (or open another socket) first"
+            )
 
     def subscribe(self, stream: str, key: str, follow: Callable[[], Awaitable[None]]) -> None:
         """Start following ``(stream, key)``, replacing an earlier subscription to it."""
@@ -134,7 +152,7 @@ class Session:
 
     async def run(self) -> None:
         """Serve until the client leaves or loses access."""
-        async with self._send, anyio.create_task_group() as group:
+        async with anyio.create_task_group() as group:
             self._group = group
             group.start_soon(self._write)
             group.start_soon(self._guard)
@@ -154,12 +172,22 @@ class Session:
 
     async def _write(self) -> None:
         try:
-            async with self._outbox:
-                async for message in self._outbox:
-                    async with self._writing:
-                        if self._closing:
-                            return
-                        await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
+            while True:
+                text = await self._outbox.get()
+                async with self._writing:
+                    if self._closing:
+                        return
+                    with anyio.move_on_after(SEND_STALL_S) as stalled:
+                        await self.websocket.send_text(text)
+                if stalled.cancelled_caught:  # the client reads nothing: let it go
+                    log.info(
+                        "closing %s's socket to %s: it read nothing for %g s",
+                        self.agent_id,
+                        self.project_id,
+                        SEND_STALL_S,
+                    )
+                    abort_connection(self.websocket.scope)
+                    break
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client is gone
         assert self._group is not None
@@ -197,6 +225,8 @@ class Session:
             await self.refuse(str(stream), problem, message_id)
         except ProjectVMError as err:
             await self.refuse(str(stream), problem_of(err), message_id)
+        except Problem as problem:  # a message the stream does not take
+            await self.refuse(str(stream), problem, message_id)
 
     async def _guard(self) -> None:
         """Close the socket as soon as the agent may no longer read the project."""
@@ -249,6 +279,7 @@ class EventsStream:
             await session.reply(request)
             return
         subscribe = EventsSubscribe.model_validate(message)
+        session.check_room("events", "")
         # The first round is made here, so a refusal answers this message.
         first = await self._round(session, subscribe.since_id, wait_s=0)
 
@@ -293,6 +324,7 @@ class ExecutionStream:
             await session.reply(leave)
         elif kind == "run":
             run = ExecutionRun.model_validate(message)
+            session.check_room("execution", "")  # its output will be followed here
             fields = run.model_dump(exclude={"stream", "type", "id"})
             start = RunCommand(project_id=session.project_id, wait_s=0, **fields)
             result = await session.call(Operation.RUN_COMMAND, start)
@@ -318,6 +350,8 @@ class ExecutionStream:
         since: int,
         started: CommandResult | None = None,
     ) -> None:
+        if started is None:  # (a command started here had its room checked first)
+            session.check_room("execution", execution_id)
         first = await self._round(session, execution_id, since, wait_s=0)
 
         async def follow() -> None:
