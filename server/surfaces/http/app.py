@@ -62,7 +62,8 @@ def build_http_app(
         return handle.state.service if handle.state is not None else None
 
     authenticator = Authenticator(BearerTokens(resolve), credential_sources)
-    slots = AgentSlots(share_of(max_connections or handle.config.limits.http_max_connections))
+    share = share_of(max_connections or handle.config.limits.http_max_connections)
+    slots = AgentSlots(share, largest_body)
     rest_app = build_rest_app(service, authenticator, hosts, slots=slots)
     # A JSON-RPC id already in flight in the session is refused before the SDK sees it.
     mcp_guarded = UniqueRequestIds(mcp_app, MCP_PATH, largest_body)

@@ -9,9 +9,12 @@ deadline (the numbers are ``Limits``' ``http_*`` settings):
 - ``AWAITING``: its request line and headers have not all arrived. They must, within
   ``http_request_header_timeout_s`` of the request's first byte (of the connection's opening,
   for a first request).
-- ``BODY``: the headers are in, the body is arriving. It gets ``http_request_body_timeout_s``
-  plus one second per ``http_min_body_bytes_per_s`` bytes received: a large upload at a fair
-  rate always finishes, a trickle does not.
+- ``BODY``: the headers are in, the body is arriving. While the app waits for it, each
+  ``http_request_body_timeout_s`` must bring ``http_min_body_bytes_per_s`` times as many bytes:
+  a large upload at a fair rate always finishes, a trickle does not, and nor does a body sent
+  fast and then left half-sent (measured since the start, that once bought minutes: 40 MB
+  parked 41 minutes). Time the app spends with what it read (writing a piece to the VM) does
+  not count.
 - ``SERVING``: the request is with the app (a tool call, an event stream): no deadline.
 - ``IDLE``: answered, kept alive for the next request for ``http_keep_alive_timeout_s``.
 
@@ -99,6 +102,10 @@ class TrackedConnection:
     since: float = 0.0  # when the current phase began
     received: int = 0  # bytes received over the connection's life
     received_at_headers: int = 0
+    # The body's current window: since when, and how many bytes it brought so far.
+    window_start: float = 0.0
+    window_bytes: int = 0
+    app_busy_since: float | None = None  # the app is not waiting for the body (since when)
     completed: int = 0  # requests answered
     tail: bytes = b""  # the last bytes received while awaiting headers (their end may straddle)
     write_blocked_since: float | None = None  # since when the client has not read our writes
@@ -106,14 +113,14 @@ class TrackedConnection:
     def __post_init__(self) -> None:
         self.since = self.opened_at
 
-    def deadline(self, limits: ConnectionLimits) -> float | None:
+    def deadline(self, limits: ConnectionLimits, now: float) -> float | None:
         if self.write_blocked_since is not None:
             return self.write_blocked_since + limits.send_timeout_s
         if self.phase is Phase.AWAITING:
             return self.since + limits.header_timeout_s
         if self.phase is Phase.BODY:
-            body = self.received - self.received_at_headers
-            return self.since + limits.body_timeout_s + body / limits.min_body_bytes_per_s
+            busy = now - self.app_busy_since if self.app_busy_since is not None else 0.0
+            return self.window_start + busy + limits.body_timeout_s
         if self.phase is Phase.IDLE:
             return self.since + limits.keep_alive_timeout_s
         return None
@@ -154,6 +161,12 @@ class ConnectionGuard:
 
     def received(self, connection: TrackedConnection, data: bytes) -> None:
         connection.received += len(data)
+        if connection.phase is Phase.BODY:
+            connection.window_bytes += len(data)
+            if connection.window_bytes >= self._window_quota:  # enough: a new window
+                connection.window_start, connection.window_bytes = self.clock(), 0
+                if connection.app_busy_since is not None:
+                    connection.app_busy_since = connection.window_start
         if connection.phase is Phase.IDLE:  # the next request begins
             self._enter(connection, Phase.AWAITING)
             connection.tail = b""
@@ -183,6 +196,22 @@ class ConnectionGuard:
     def headers_complete(self, connection: TrackedConnection, has_body: bool) -> None:
         connection.received_at_headers = connection.received
         self._enter(connection, Phase.BODY if has_body else Phase.SERVING)
+        connection.window_start, connection.window_bytes = connection.since, 0
+        connection.app_busy_since = None
+
+    @property
+    def _window_quota(self) -> float:
+        return self.limits.min_body_bytes_per_s * self.limits.body_timeout_s
+
+    def body_wanted(self, connection: TrackedConnection, wanted: bool) -> None:
+        """The app waits for more of the body, or has it and works with it; the time it works
+        is added to the body's deadline."""
+        now = self.clock()
+        if wanted and connection.app_busy_since is not None:
+            connection.window_start += now - connection.app_busy_since
+            connection.app_busy_since = None
+        elif not wanted and connection.app_busy_since is None:
+            connection.app_busy_since = now
 
     def body_complete(self, connection: TrackedConnection) -> None:
         if connection.phase is Phase.BODY:
@@ -205,7 +234,7 @@ class ConnectionGuard:
                 # (Closed with data its client does not read, it waits for its deadline.)
                 self._forget(connection)
                 continue
-            deadline = connection.deadline(self.limits)
+            deadline = connection.deadline(self.limits, now)
             if deadline is not None and now >= deadline:
                 self.closed_slow += 1
                 self._close(connection, abort=blocked or connection.phase is not Phase.IDLE)
@@ -355,7 +384,11 @@ class _PhaseReporter:
         guard.headers_complete(connection, _has_body(scope))
 
         async def reporting_receive() -> Message:
-            message = await receive()
+            guard.body_wanted(connection, True)
+            try:
+                message = await receive()
+            finally:
+                guard.body_wanted(connection, False)
             if message["type"] == "http.request" and not message.get("more_body", False):
                 guard.body_complete(connection)
             return message
