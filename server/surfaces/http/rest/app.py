@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.domain.operations import Operation
 from server.surfaces.http.agent_slots import AgentSlots, share_of
-from server.surfaces.http.auth import SAFE_METHODS, Authenticator
+from server.surfaces.http.auth import SAFE_METHODS, Authenticator, identity_of
 from server.surfaces.http.hosts import HostPolicy
 from server.surfaces.http.problems import Problem, problem_response
 from server.surfaces.http.rest.api import RestApi, json_response
@@ -73,7 +73,9 @@ def _ticket_endpoint(api: RestApi, tickets: TicketBook) -> Callable[[Request], A
             caller = api.caller(request, Operation.GET_EVENTS)
             if project_id is not None:  # no ticket to a project the agent may not read
                 await api.service.gate.admit(caller, project_id)
-            ticket = tickets.issue(caller.agent_id, project_id)
+            identity = identity_of(request.scope)
+            assert identity is not None  # the caller was made from it
+            ticket = tickets.issue(identity, project_id)
             result = {"ticket": ticket, "expires_in_s": tickets.ttl_s, "project_id": project_id}
             return json_response(result, 201)
 

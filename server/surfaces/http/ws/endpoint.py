@@ -65,7 +65,9 @@ class ProjectSocket:
                 await websocket.close(1012, "the server is restarting")
                 return
             await websocket.accept(subprotocol=PROTOCOL)
-            await Session(websocket, service, identity.agent_id, project_id).run()
+            session = Session(websocket, service, identity.agent_id, project_id)
+            session.still_valid = identity.still_valid
+            await session.run()
         finally:
             self._slots.give_back(identity.agent_id)
 
@@ -114,8 +116,7 @@ class ProjectSocket:
             if protocol.startswith(BEARER_PREFIX):
                 return await self._authenticator.bearer.token(protocol[len(BEARER_PREFIX) :])
             if protocol.startswith(TICKET_PREFIX):
-                agent = self._tickets.redeem(protocol[len(TICKET_PREFIX) :], project_id)
-                return Identity(agent, "ticket") if agent is not None else None
+                return self._tickets.redeem(protocol[len(TICKET_PREFIX) :], project_id)
         identity = await self._authenticator.identify(headers)
         if identity is not None and identity.csrf_check is not None and not headers.get("origin"):
             return None  # a browser credential must come with the browser's Origin

@@ -35,9 +35,10 @@ from server.core.requests import (
 from server.core.requests import Request as OperationRequest
 from server.core.results import CommandOutput, CommandResult, EventsResult
 from server.core.service import ProjectService
-from server.domain.errors import AccessDenied, NotFound
+from server.domain.errors import AccessDenied, NotFound, Unauthenticated
 from server.domain.invalid import describe
 from server.domain.operations import Operation
+from server.surfaces.http.auth import StillValid
 from server.surfaces.http.connections import abort_connection
 from server.surfaces.http.problems import Problem, problem_of
 from server.surfaces.http.ws.messages import (
@@ -53,11 +54,15 @@ from server.surfaces.http.ws.messages import (
 )
 from server.surfaces.http.ws.outbox import Outbox
 
-__all__ = ["CLOSE_REMOVED", "STREAMS", "Session", "StreamKind"]
+__all__ = ["CLOSE_CREDENTIAL_GONE", "CLOSE_REMOVED", "STREAMS", "Session", "StreamKind"]
 
 log = logging.getLogger("projectvm.ws")
 
 CLOSE_REMOVED = 4403
+CLOSE_CREDENTIAL_GONE = 4401
+# How often an idle socket asks again whether its credential still stands (a message always
+# asks first).
+CREDENTIAL_RECHECK_S = 30.0
 # One round of a subscription's long-poll; then it re-admits and waits again.
 POLL_WAIT_S = 25.0
 EVENTS_PER_ROUND = 500
@@ -90,6 +95,8 @@ class Session:
         # Held while a message is written; once closing, nothing more is.
         self._writing = anyio.Lock()
         self._closing = False
+        # Whether the credential the socket was opened with still stands (None: not asked).
+        self.still_valid: StillValid | None = None
 
     # -- what streams use ---------------------------------------------------------------------
 
@@ -201,7 +208,21 @@ class Session:
                 return  # gone (a binary frame is not our protocol either)
             await self._dispatch(text)
 
+    async def _credential_stands(self) -> bool:
+        """False (and the socket closing, saying why) once its credential is replaced or
+        revoked: a leaked token, replaced, must not live on in an open socket."""
+        if self.still_valid is None or await self.still_valid():
+            return True
+        gone = Unauthenticated(
+            f"the credential this socket was opened with no longer stands for {self.agent_id} "
+            "(its token was replaced or the agent removed); connect again with a current token"
+        )
+        await self._close(CLOSE_CREDENTIAL_GONE, gone, "the credential no longer stands")
+        return False
+
     async def _dispatch(self, text: str) -> None:
+        if not await self._credential_stands():
+            return
         try:
             message = json.loads(text)
             if not isinstance(message, dict):
@@ -233,20 +254,23 @@ class Session:
         gate, hub = self.service.gate, self.service.hub
         while True:
             changed = hub.changed(self.project_id)
+            if not await self._credential_stands():
+                return
             try:
                 await gate.admit(self.caller(Operation.GET_EVENTS), self.project_id)
             except (NotFound, AccessDenied) as err:
                 await self._close(CLOSE_REMOVED, err)
                 return
-            await changed.wait()
+            with anyio.move_on_after(CREDENTIAL_RECHECK_S):
+                await changed.wait()
 
-    async def _close(self, code: int, err: ProjectVMError) -> None:
+    async def _close(self, code: int, err: ProjectVMError, reason: str | None = None) -> None:
         """Stop every stream, say why (in full, then as the close frame's short reason), and
         close; nothing queued before is sent any more."""
         for stream, key in list(self._subscriptions):
             self.unsubscribe(stream, key)
         fatal = server_message("session", "error", problem=problem_of(err).body(), fatal=True)
-        reason = f"no access to project {self.project_id} any more"
+        reason = reason or f"no access to project {self.project_id} any more"
         async with self._writing:
             self._closing = True
             with anyio.move_on_after(5), contextlib.suppress(WebSocketDisconnect, RuntimeError):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from server.surfaces.http.auth import Identity
 
 __all__ = ["PER_AGENT", "TICKET_TTL_S", "TicketBook"]
 
@@ -24,9 +26,13 @@ MAX_OUTSTANDING = 10_000
 
 @dataclass(frozen=True)
 class _Ticket:
-    agent_id: str
+    identity: Identity  # of the request that asked for it, which the socket stands on
     project_id: str | None
     expires_at: float
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
 
 
 class TicketBook:
@@ -36,7 +42,8 @@ class TicketBook:
         self._tickets: dict[str, _Ticket] = {}
         self._by_agent: dict[str, deque[str]] = {}
 
-    def issue(self, agent_id: str, project_id: str | None = None) -> str:
+    def issue(self, identity: Identity, project_id: str | None = None) -> str:
+        agent_id = identity.agent_id
         now = time.monotonic()
         self._expire(now)
         mine = self._by_agent.setdefault(agent_id, deque())
@@ -45,13 +52,14 @@ class TicketBook:
         if len(self._tickets) >= MAX_OUTSTANDING:  # very many agents: drop the oldest
             self._drop(next(iter(self._tickets)))
         ticket = secrets.token_urlsafe(24)
-        self._tickets[ticket] = _Ticket(agent_id, project_id, now + self.ttl_s)
+        self._tickets[ticket] = _Ticket(identity, project_id, now + self.ttl_s)
         self._by_agent.setdefault(agent_id, mine).append(ticket)
         return ticket
 
-    def redeem(self, ticket: str, project_id: str) -> str | None:
-        """The agent a ticket stands for, once; ``None`` if unknown, used, expired or made
-        out to another project."""
+    def redeem(self, ticket: str, project_id: str) -> Identity | None:
+        """Who a ticket stands for (as a ``ticket`` identity), once; ``None`` if unknown, used,
+        expired or made out to another project. The socket it opens stands on the credential
+        the ticket was asked for with: replaced or revoked, it closes."""
         found = self._tickets.get(ticket)
         if found is None:
             return None
@@ -60,7 +68,7 @@ class TicketBook:
             return None
         if found.project_id is not None and found.project_id != project_id:
             return None
-        return found.agent_id
+        return replace(found.identity, via="ticket")
 
     def outstanding(self, agent_id: str | None = None) -> int:
         if agent_id is None:
