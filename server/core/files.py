@@ -60,7 +60,7 @@ from server.core.results import (
 from server.core.runtime import Runtimes
 from server.core.storage import StorageGuard
 from server.domain.config import Limits
-from server.domain.errors import InvalidInput, LimitExceeded, StaleWrite
+from server.domain.errors import Conflict, InvalidInput, LimitExceeded, StaleWrite
 from server.domain.events import FileDeleted, FileEdited, FileMoved, FileWritten
 from server.domain.models import Project
 from server.store import Store
@@ -76,6 +76,44 @@ def upload_name(path: str) -> str:
     moving it into place is one rename), unique per upload."""
     folder, name = posixpath.split(path.rstrip("/"))
     return posixpath.join(folder, f".{name[:64]}.{secrets.token_hex(6)}.pvm-upload")
+
+
+class _Gathering:
+    """The hidden file an upload gathers in, which commands in the VM can reach too: every
+    write to it and the file that is finally placed are checked to be the upload's own."""
+
+    def __init__(self, path: str, temp: str) -> None:
+        self.path = path
+        self.temp = temp
+        self.resolved: str | None = None
+
+    def _tampered(self) -> Conflict:
+        return Conflict(
+            f"the hidden file gathering the upload to {self.path} ({self.temp}) was changed "
+            "by someone else while the upload arrived (a command in the VM?); nothing was "
+            f"placed at {self.path}: upload it again"
+        )
+
+    async def write(
+        self, client: GuestClient, chunk: bytes, so_far: str, mode: int | None
+    ) -> WriteResult:
+        try:
+            written = await client.write_file(
+                self.temp, chunk, append=so_far != "absent", if_match=so_far, mode=mode
+            )
+        except WriteConflict:
+            raise self._tampered() from None
+        if self.resolved is None:
+            self.resolved = written.path
+        elif written.path != self.resolved:
+            raise self._tampered()
+        return written
+
+    async def check_whole(self, client: GuestClient, sha256: str) -> None:
+        """Before it is placed: the gathering file is a regular file with the upload's bytes."""
+        found = await client.stat(self.temp, sha256=True, follow=False)
+        if not found.exists or found.type != "file" or found.sha256 != sha256:
+            raise self._tampered()
 
 
 class Files:
@@ -300,6 +338,7 @@ class Files:
         mode = target.mode & 0o7777 if target.exists and target.mode is not None else None
         temp = upload_name(path)
         digest, size, placed = hashlib.sha256(), 0, False
+        gathering = _Gathering(path, temp)
         try:
             async for chunk in chunks:
                 if not chunk:
@@ -312,14 +351,16 @@ class Files:
                     )
                 grant = await self._gate.admit(caller, project_id)
                 await self._storage.check_write(grant.project, client, temp, len(chunk), True)
-                written = await client.write_file(
-                    temp, chunk, append=size > len(chunk), if_match=None, mode=mode
-                )
+                # Each piece lands only on what the earlier ones left (their sha256): a file
+                # put in the gathering file's place meanwhile is never written through.
+                so_far = digest.hexdigest() if size > len(chunk) else "absent"
+                written = await gathering.write(client, chunk, so_far, mode)
                 self._storage.wrote(project_id, written.previous_size, written.size)
                 digest.update(chunk)
             if size == 0:
-                await client.write_file(temp, b"", mode=mode)
+                await gathering.write(client, b"", "absent", mode)
             async with self._runtimes.of(project_id).mutation:
+                await gathering.check_whole(client, digest.hexdigest())
                 await self._gate.admit(caller, project_id)
                 await self._locks.check_write(project_id, caller.agent_id, client, path)
                 current = await client.stat(path, sha256=request.if_match is not None)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
 from guest_runtime.errors import ProjectVMError
 from server.core.caller import Caller
@@ -29,6 +30,7 @@ from server.core.storage import StorageGuard, limit_bytes
 from server.core.wakeup import Wakeup
 from server.domain.errors import InvalidInput, NotFound
 from server.domain.events import ProjectCreated, ProjectDeleted, SettingsUpdated
+from server.domain.invalid import describe
 from server.domain.models import (
     AGENT_ID_PATTERN,
     AccessLevel,
@@ -45,6 +47,8 @@ from vm_drivers.errors import DriverError
 __all__ = ["Projects", "check_agent_id"]
 
 USAGE_TIMEOUT_S = 15.0
+# The most entries a list or object setting may have (patterns, tools, variables).
+MAX_SETTING_ENTRIES = 1000
 # Settings the VM is made with: changing them takes a restart of the VM.
 VM_LEVEL_SETTINGS = frozenset({"network", "cpus", "memory_mb", "pids_limit"})
 
@@ -84,8 +88,17 @@ class Projects:
     # -- creating -----------------------------------------------------------------------------
 
     def parse_settings(self, values: Mapping[str, Any]) -> ProjectSettings:
+        for name, value in values.items():
+            # Each entry of a list or object is validated (and may be an error) of its own.
+            if isinstance(value, list | dict) and len(value) > MAX_SETTING_ENTRIES:
+                raise InvalidInput(
+                    f"invalid project settings: {str(name)[:40]} has {len(value)} entries; "
+                    f"at most {MAX_SETTING_ENTRIES} are accepted"
+                )
         try:
             settings = ProjectSettings.model_validate(dict(values))
+        except ValidationError as err:
+            raise InvalidInput(f"invalid project settings: {describe(err)}") from err
         except ValueError as err:
             raise InvalidInput(f"invalid project settings: {err}") from err
         self._gate.policy.check_settings(settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from server.domain.models import Environment
 from server.domain.operations import Operation
@@ -80,10 +80,44 @@ IfMatch = Annotated[
 ]
 
 
-class Request(BaseModel):
-    """The arguments of one operation."""
+# How many entries a request's lists and objects may have. pydantic reports one error per bad
+# entry: without a bound, one crafted body made a million errors (seconds of the event loop).
+MAX_EDITS = 200  # as the guest agent's own cap (guest_runtime/agent/edits.py)
+MAX_ENVIRONMENT_VARIABLES = 1000
+MAX_SETTINGS = 64
+
+
+def _at_most(count: int, what: str) -> BeforeValidator:
+    """Refuse an object or list of more than ``count`` entries before looking at any."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dict | list) and len(value) > count:
+            raise ValueError(f"{len(value)} {what} given; at most {count} are accepted")
+        return value
+
+    return BeforeValidator(check)
+
+
+class _Closed(BaseModel):
+    """Unknown fields are refused, and more fields than the model has at once (one error,
+    not one per unknown name)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_many_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) > len(cls.model_fields):
+            unknown = [str(name)[:40] for name in data if name not in cls.model_fields][:5]
+            raise ValueError(
+                f"{len(data)} fields given, but there are only {len(cls.model_fields)}; "
+                f"unknown: {', '.join(unknown)}"
+            )
+        return data
+
+
+class Request(_Closed):
+    """The arguments of one operation."""
 
 
 class ProjectRequest(Request):
@@ -107,6 +141,7 @@ class CreateProject(Request):
     ] = "development"
     settings: Annotated[
         dict[str, Any] | None,
+        _at_most(MAX_SETTINGS, "settings"),
         Field(
             description="optional settings: auto_sleep_minutes, max_storage_gb, "
             "environment_variables, network ('none' or 'egress'), cpus, memory_mb, "
@@ -140,6 +175,7 @@ class UpdateProjectSettings(ProjectRequest):
 
     settings: Annotated[
         dict[str, Any],
+        _at_most(MAX_SETTINGS, "settings"),
         Field(
             description='only the settings to change, e.g. {"max_concurrent_executions": '
             "2}; the others keep their values"
@@ -166,6 +202,7 @@ class RunCommand(ProjectRequest):
     ] = None
     env: Annotated[
         Environment | None,
+        _at_most(MAX_ENVIRONMENT_VARIABLES, "environment variables"),
         Field(
             description="extra environment variables; the project's environment_variables "
             "cannot be overridden"
@@ -285,9 +322,7 @@ class WriteFile(ProjectRequest):
     append: Annotated[bool, Field(description="add to the end instead of replacing")] = False
 
 
-class Edit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Edit(_Closed):
     old_text: str = Field(description="exact text to replace, including whitespace")
     new_text: str = Field(description="replacement text")
     replace_all: bool = Field(default=False, description="replace every occurrence")
@@ -304,6 +339,7 @@ class EditFile(ProjectRequest):
     path: WorkspacePath
     edits: Annotated[
         list[Edit],
+        _at_most(MAX_EDITS, "edits"),
         Field(description="replacements applied in order, all or none (at most 200 per call)"),
     ]
     if_match: IfMatch = None

@@ -90,7 +90,7 @@ async def test_edit_file_refuses_unbounded_work_and_cuts_a_long_diff(owner: Owne
             edits=alternating,
             dry_run=True,
         )
-    assert "at most 200 edits per call (this one has 2000)" in error
+    assert "2000 edits given; at most 200 are accepted" in error
     huge_texts = [{"old_text": "a" * 600_000, "new_text": "b" * 600_000}]
     error = await call_error(
         client, "edit_file", project_id=project_id, path="big.txt", edits=huge_texts

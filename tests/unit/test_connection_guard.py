@@ -197,3 +197,41 @@ def test_connections_get_at_most_half_the_open_file_limit_and_a_small_accept_bat
     assert tight.max_connections == 128
     assert tight.accept_batch * 4 < tight.max_connections
     assert connection_limits(limits, 1_000_000).accept_batch <= 64
+
+
+def test_a_body_sent_fast_and_then_left_half_sent_is_aborted_a_body_timeout_later(
+    guard: ConnectionGuard, clock: Clock
+) -> None:
+    """Measured since the start, a fast first part bought time for silence: 40 MB parked a
+    request body (and the memory it took) for 41 minutes."""
+    parked, transport = connect(guard)
+    guard.headers_complete(parked, has_body=True)
+    guard.received(parked, b"x" * 1_000_000)  # a thousand seconds' worth at the minimum rate
+    for _ in range(14):
+        clock.now += 1
+        guard.sweep()
+    assert transport.how is None
+    clock.now += 1
+    guard.sweep()
+    assert transport.how == "aborted"
+
+
+def test_the_time_the_app_works_with_what_it_read_does_not_count_against_the_body(
+    guard: ConnectionGuard, clock: Clock
+) -> None:
+    """(An upload's app writes each piece to the VM before it reads on: the client waits.)"""
+    uploading, transport = connect(guard)
+    guard.headers_complete(uploading, has_body=True)
+    guard.body_wanted(uploading, True)
+    guard.received(uploading, b"x" * 15_000)
+    guard.body_wanted(uploading, False)  # writing a piece, not reading
+    clock.now += 60
+    guard.sweep()
+    assert transport.how is None
+    guard.body_wanted(uploading, True)
+    clock.now += 14
+    guard.sweep()
+    assert transport.how is None
+    clock.now += 2
+    guard.sweep()
+    assert transport.how == "aborted"

@@ -17,7 +17,13 @@ import server
 import vm_drivers
 from guest_runtime.errors import ProjectVMError
 from server.core.service import ENDPOINTS
-from server.surfaces.http.auth import Authenticate, Authenticator, BearerTokens, identity_of
+from server.surfaces.http.auth import (
+    Authenticate,
+    Authenticator,
+    BearerTokens,
+    Identity,
+    identity_of,
+)
 from server.surfaces.http.hosts import HostPolicy
 from server.surfaces.http.problems import STATUS_OF, status_of
 from server.surfaces.http.rest.handlers import HANDLERS
@@ -128,13 +134,14 @@ def test_hosts_and_origins_are_our_own_names_on_any_port() -> None:
 
 
 def test_a_ticket_is_single_use_short_lived_and_for_its_project_only() -> None:
+    alice, bob = Identity("alice", "bearer"), Identity("bob", "bearer")
     book = TicketBook()
-    ticket = book.issue("alice", "prj_1")
+    ticket = book.issue(alice, "prj_1")
     assert book.redeem(ticket, "prj_2") is None
-    ticket = book.issue("alice", "prj_1")
-    assert book.redeem(ticket, "prj_1") == "alice"
+    ticket = book.issue(alice, "prj_1")
+    assert book.redeem(ticket, "prj_1") == Identity("alice", "ticket")
     assert book.redeem(ticket, "prj_1") is None
     expired = TicketBook(ttl_s=-1)
-    assert expired.redeem(expired.issue("alice"), "prj_1") is None
-    anywhere = book.issue("bob")
-    assert book.redeem(anywhere, "prj_9") == "bob"
+    assert expired.redeem(expired.issue(alice), "prj_1") is None
+    anywhere = book.issue(bob)
+    assert book.redeem(anywhere, "prj_9") == Identity("bob", "ticket")

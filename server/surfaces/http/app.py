@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.core.service import ProjectService
+from server.surfaces.http.agent_slots import AgentSlots, LimitPerAgent, share_of
 from server.surfaces.http.auth import (
     Authenticate,
     Authenticator,
@@ -42,10 +43,12 @@ def build_http_app(
     *,
     credential_sources: Sequence[CredentialSource] = (),
     sessions: SessionBook | None = None,
+    max_connections: int | None = None,
 ) -> ASGIApp:
     """``credential_sources``: more ways to authenticate after the bearer token and the
     dashboard's session cookie; ``sessions``: the dashboard's session table (a new one by
-    default)."""
+    default). ``max_connections``: the connections the server keeps (by default the
+    configured ``http_max_connections``); each agent may use a share of them."""
     hosts = HostPolicy.for_bind(host, allowed_hosts)
     # A write_file call carries its content base64- or JSON-encoded: leave room for that.
     largest_file = handle.config.limits.max_file_bytes
@@ -73,7 +76,9 @@ def build_http_app(
     cookies = SessionCookies(sessions or SessionBook(), resolve_hash)
     authenticator = Authenticator(bearer, [cookies, *credential_sources])
     dashboard = Dashboard(cookies, bearer, hosts)
-    rest_app = build_rest_app(service, authenticator, hosts)
+    share = share_of(max_connections or handle.config.limits.http_max_connections)
+    slots = AgentSlots(share, largest_body)
+    rest_app = build_rest_app(service, authenticator, hosts, slots=slots)
     # A JSON-RPC id already in flight in the session is refused before the SDK sees it.
     mcp_guarded = UniqueRequestIds(mcp_app, MCP_PATH, largest_body)
 
@@ -86,7 +91,9 @@ def build_http_app(
         else:
             await mcp_guarded(scope, receive, send)
 
-    authenticated = Authenticate(dispatch, authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS})
+    authenticated = Authenticate(
+        LimitPerAgent(dispatch, slots), authenticator, public_paths={HEALTH_PATH, *PUBLIC_PATHS}
+    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_dashboard_path(scope.get("path", "")):

@@ -38,6 +38,7 @@ __all__ = [
     "BearerTokens",
     "CredentialSource",
     "Identity",
+    "StillValid",
     "identity_of",
     "send_json",
 ]
@@ -48,12 +49,18 @@ PROBLEM_PREFIX = "/api/"
 CREATE_TOKEN_HINT = "create a token with: projectvm agents add NAME"
 
 
+# Whether the credential an identity was proven with still stands (not replaced or revoked).
+StillValid = Callable[[], Awaitable[bool]]
+
+
 @dataclass(frozen=True)
 class Identity:
     agent_id: str
     via: Literal["bearer", "ticket", "session"]
     # For credentials a browser attaches by itself: does this request prove it came from us?
     csrf_check: Callable[[Headers], bool] | None = None
+    # For what outlives the request that proved it (a WebSocket, a stream): asked again later.
+    still_valid: StillValid | None = None
 
 
 class CredentialSource(Protocol):
@@ -76,7 +83,13 @@ class BearerTokens:
 
     async def token(self, token: str) -> Identity | None:
         agent = await self.resolve(token)
-        return Identity(agent, "bearer") if agent is not None else None
+        if agent is None:
+            return None
+
+        async def still_valid() -> bool:  # the token may be replaced or its agent removed
+            return await self.resolve(token) == agent
+
+        return Identity(agent, "bearer", still_valid=still_valid)
 
 
 class Authenticator:

@@ -83,6 +83,8 @@ def connection_limits(limits: Limits, open_files: int | None) -> ConnectionLimit
         min_body_bytes_per_s=limits.http_min_body_bytes_per_s,
         keep_alive_timeout_s=limits.http_keep_alive_timeout_s,
         max_connections=most,
+        # A client that does not read what it is sent gets as long as a slow body.
+        send_timeout_s=limits.http_request_body_timeout_s,
         # A new connection's first bytes are read a few loop turns after it is accepted, and
         # each turn may accept this many more, each closing the longest waiting one: at an
         # eighth of the cap, a newcomer is read before it could be the longest waiting.
@@ -129,7 +131,13 @@ async def serve_http(
     limits = handle.config.limits
     guard = ConnectionGuard(connection_limits(limits, raise_open_file_limit()))
     app = guard.watch(
-        build_http_app(handle, host, allowed_hosts, credential_sources=credential_sources)
+        build_http_app(
+            handle,
+            host,
+            allowed_hosts,
+            credential_sources=credential_sources,
+            max_connections=guard.limits.max_connections,
+        )
     )
     sock = _bind(host, port)
     config = uvicorn.Config(

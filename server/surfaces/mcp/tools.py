@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 from guest_runtime.errors import ProjectVMError
 from server.core.service import ENDPOINTS, Endpoint
+from server.domain.invalid import describe
 from server.domain.operations import Effect, Operation, spec_of
 from server.surfaces.mcp.identity import AppState, caller_of
 
@@ -66,11 +67,7 @@ def _parameter(name: str, field: FieldInfo) -> inspect.Parameter:
 
 
 def _validation_message(operation: Operation, err: ValidationError) -> str:
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
-        for error in err.errors(include_url=False)
-    )
-    return f"invalid arguments for {operation}: {problems}; fix them and call again"
+    return f"invalid arguments for {operation}: {describe(err)}; fix them and call again"
 
 
 def _tool(endpoint: Endpoint) -> Any:

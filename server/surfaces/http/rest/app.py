@@ -16,7 +16,8 @@ from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.domain.operations import Operation
-from server.surfaces.http.auth import SAFE_METHODS, Authenticator
+from server.surfaces.http.agent_slots import AgentSlots, share_of
+from server.surfaces.http.auth import SAFE_METHODS, Authenticator, identity_of
 from server.surfaces.http.hosts import HostPolicy
 from server.surfaces.http.problems import Problem, problem_response
 from server.surfaces.http.rest.api import RestApi, json_response
@@ -72,7 +73,9 @@ def _ticket_endpoint(api: RestApi, tickets: TicketBook) -> Callable[[Request], A
             caller = api.caller(request, Operation.GET_EVENTS)
             if project_id is not None:  # no ticket to a project the agent may not read
                 await api.service.gate.admit(caller, project_id)
-            ticket = tickets.issue(caller.agent_id, project_id)
+            identity = identity_of(request.scope)
+            assert identity is not None  # the caller was made from it
+            ticket = tickets.issue(identity, project_id)
             result = {"ticket": ticket, "expires_in_s": tickets.ttl_s, "project_id": project_id}
             return json_response(result, 201)
 
@@ -127,9 +130,13 @@ def build_rest_app(
     authenticator: Authenticator,
     hosts: HostPolicy,
     tickets: TicketBook | None = None,
+    *,
+    slots: AgentSlots | None = None,
 ) -> ASGIApp:
+    """``slots``: how many requests and WebSockets each agent has open (one share each)."""
     api = RestApi(service_source)
     tickets = tickets or TicketBook()
+    slots = slots or AgentSlots(share_of(1024))
     by_path: dict[str, dict[str, ApiRoute]] = {}
     for route in ROUTES:
         by_path.setdefault(route.url, {})[route.method] = route
@@ -139,7 +146,7 @@ def build_rest_app(
         Route(API_PREFIX + "/ws-tickets", _ticket_endpoint(api, tickets), methods=ALL_METHODS),
         WebSocketRoute(
             API_PREFIX + "/projects/{project_id}/ws",
-            ProjectSocket(service_source, authenticator, tickets, hosts).serve,
+            ProjectSocket(service_source, authenticator, tickets, hosts, slots).serve,
         ),
     ]
     routes += [

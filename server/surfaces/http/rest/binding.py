@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from server.core.requests import Request as OperationRequest
 from server.core.service import ENDPOINTS
+from server.domain.invalid import describe, problems
 from server.surfaces.http.problems import Problem
 from server.surfaces.http.rest.routes import Body, Route
 
@@ -46,7 +47,7 @@ async def read_json(request: Request) -> Any:
             f"the JSON body is {size} bytes; at most {MAX_JSON_BODY} are accepted here "
             "(upload files with PUT .../files/{path}, which streams)",
         )  # fmt: skip
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_JSON_BODY:
@@ -58,7 +59,13 @@ async def read_json(request: Request) -> Any:
         return None
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except RecursionError:
+        raise Problem(
+            400, "malformed-json", "Malformed JSON",
+            "the request body nests arrays or objects too deeply to read; send a flat JSON "
+            "object of the operation's fields",
+        ) from None  # fmt: skip
+    except ValueError as err:  # invalid JSON or UTF-8, a number too long to convert
         raise Problem(
             400, "malformed-json", "Malformed JSON",
             f"the request body is not valid JSON ({err}); send a JSON object with "
@@ -121,16 +128,8 @@ async def bind(
     try:
         return model.model_validate(fields)
     except ValidationError as err:
-        problems = [
-            {
-                "field": ".".join(str(part) for part in error["loc"]) or "body",
-                "message": error["msg"],
-            }
-            for error in err.errors(include_url=False)
-        ]
-        listed = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         raise invalid(
-            f"invalid request for {route.operation}: {listed}; fix them and send it again "
-            "(/api/v1/docs lists every operation's parameters)",
-            errors=problems,
+            f"invalid request for {route.operation}: {describe(err, whole='body')}; fix them "
+            "and send it again (/api/v1/docs lists every operation's parameters)",
+            errors=problems(err),
         ) from None

@@ -5,7 +5,9 @@
 is a 304; ``Range: bytes=...`` (one range) a 206. The bytes are read from the guest in pieces,
 each a ``read_file`` call of its own, so the server never holds the whole file, and a file
 replaced mid-download ends the response early (its sha256 changed) rather than splice two
-versions.
+versions. A file is served so that no browser runs it as one of this server's pages (a
+sandboxing ``Content-Security-Policy``, ``nosniff``; HTML, SVG, XML, scripts and PDF as
+attachments).
 
 ``PUT .../files/{path}`` takes the raw bytes as the new content: ``If-Match: <sha256>``
 replaces only that version (else 412 naming the current sha256 and who changed it),
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import posixpath
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -35,6 +38,40 @@ __all__ = ["PIECE_BYTES", "read_file", "write_file"]
 
 # One range of a download or one piece of an upload: what the server holds at a time.
 PIECE_BYTES = 4 * 1024 * 1024
+# What a download hands the connection at once: a client that reads slowly (or not at all)
+# then leaves at most this much in the connection's buffer, beside the piece being sent.
+WRITE_BYTES = 64 * 1024
+
+
+# A file is whatever an agent wrote: a browser must never run it as a page of this server (it
+# would act with the viewer's session). Any document is sandboxed, with no scripts and no
+# loads, and the kinds a browser renders as pages are downloads rather than shown.
+CONTENT_POLICY = {
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+ACTIVE_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/xsl",
+        "application/xslt+xml",
+        "text/javascript",
+        "application/javascript",
+        "application/pdf",
+    }
+)
+
+
+def _content_headers(path: str, media_type: str) -> dict[str, str]:
+    headers = dict(CONTENT_POLICY)
+    if media_type in ACTIVE_TYPES:
+        name = quote(posixpath.basename(path) or "file")
+        headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{name}"
+    return headers
 
 
 def _wants_json(request: Request) -> bool:
@@ -97,7 +134,13 @@ async def read_file(api: RestApi, route: Route, request: Request) -> Response:
     # With a Range, the size comes first (an empty read): a suffix range needs it.
     first = await service.call(caller, piece(start, start if wanted else end))
     assert isinstance(first, FileRead)
-    headers = {"ETag": _etag(first.sha256), "Cache-Control": "no-cache", "Accept-Ranges": "bytes"}
+    media_type = mimetypes.guess_type(first.path)[0] or "application/octet-stream"
+    headers = {
+        "ETag": _etag(first.sha256),
+        "Cache-Control": "no-cache",
+        "Accept-Ranges": "bytes",
+        **_content_headers(first.path, media_type),
+    }
     if _matches(request.headers.get("if-none-match"), first.sha256):
         return Response(status_code=304, headers=headers)
     status = 200
@@ -113,23 +156,27 @@ async def read_file(api: RestApi, route: Route, request: Request) -> Response:
         assert isinstance(first, FileRead)
     stop = first.size if end is None else min(end, first.size)
     headers["Content-Length"] = str(max(0, stop - start))
-    media_type = mimetypes.guess_type(first.path)[0] or "application/octet-stream"
-    opening = first
+    sha256, path = first.sha256, first.path
+    data = base64.b64decode(first.content)
+    del first  # only the bytes are kept while they are sent, not their base64 too
 
     async def pieces() -> AsyncIterator[bytes]:
-        current, offset = opening, start
+        nonlocal data
+        offset = start
         while True:
-            data = base64.b64decode(current.content)
-            yield data
+            for at in range(0, len(data), WRITE_BYTES):
+                yield data[at : at + WRITE_BYTES]
             offset += len(data)
             if offset >= stop or not data:
                 return
+            data = b""  # the piece sent is let go before the next one is read
             following = await service.call(caller, piece(offset, end))
             assert isinstance(following, FileRead)
-            if following.sha256 != opening.sha256:
+            if following.sha256 != sha256:
                 # Too late for a status: ending short makes the client see a broken transfer.
-                raise _FileChanged(f"{opening.path} changed during the download; fetch it again")
-            current = following
+                raise _FileChanged(f"{path} changed during the download; fetch it again")
+            data = base64.b64decode(following.content)
+            del following
 
     return StreamingResponse(pieces(), status, headers, media_type)
 

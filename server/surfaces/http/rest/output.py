@@ -4,7 +4,8 @@
 ``Accept: application/x-ndjson`` it follows the command instead: one line per piece of output
 (a ``CommandOutput`` with the new text and its ``next_since``) until the line that says
 ``finished: true``. Every piece is its own ``read_command_output`` call, so access is checked
-again each time (a member removed meanwhile gets nothing more).
+again each time (a member removed meanwhile gets nothing more), and so is the credential (a
+replaced token's stream ends).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from starlette.responses import Response, StreamingResponse
 from guest_runtime.errors import ProjectVMError
 from server.core.requests import ReadCommandOutput
 from server.core.results import CommandOutput
+from server.domain.errors import Unauthenticated
 from server.domain.operations import Operation
+from server.surfaces.http.auth import identity_of
 from server.surfaces.http.problems import problem_of
 from server.surfaces.http.rest.api import RestApi, json_response
 from server.surfaces.http.rest.binding import bind
@@ -42,6 +45,8 @@ async def read_output(api: RestApi, route: Route, request: Request) -> Response:
         return json_response(await api.call(request, route.operation, model))
     service = api.service
     caller = api.caller(request, Operation.READ_COMMAND_OUTPUT)
+    identity = identity_of(request.scope)
+    still_valid = identity.still_valid if identity is not None else None
     # The first piece is read before answering, so a bad id or a refusal is a plain problem.
     first = await service.call(caller, model)
     assert isinstance(first, CommandOutput)
@@ -57,6 +62,12 @@ async def read_output(api: RestApi, route: Route, request: Request) -> Response:
                 execution_id=model.execution_id, since=piece.next_since, wait_s=FOLLOW_WAIT_S
             )
             try:
+                if still_valid is not None and not await still_valid():
+                    raise Unauthenticated(
+                        f"the credential this stream was opened with no longer stands for "
+                        f"{caller.agent_id} (its token was replaced or the agent removed); "
+                        "follow the output again with a current token"
+                    )
                 result = await service.call(caller, follow)
             except ProjectVMError as err:
                 # Headers are gone: the stream ends with the problem as its last line.

@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 from guest_runtime.errors import ProjectVMError
 from server.core.caller import Caller
 from server.domain.operations import Operation
+from server.surfaces.http.agent_slots import AgentBusy, AgentSlots
 from server.surfaces.http.auth import CREATE_TOKEN_HINT, Authenticator, Identity
 from server.surfaces.http.hosts import HostPolicy
 from server.surfaces.http.problems import Problem, problem_of, problem_response
@@ -36,11 +37,13 @@ class ProjectSocket:
         authenticator: Authenticator,
         tickets: TicketBook,
         hosts: HostPolicy,
+        slots: AgentSlots,
     ) -> None:
         self._service_source = service_source
         self._authenticator = authenticator
         self._tickets = tickets
         self._hosts = hosts
+        self._slots = slots
 
     async def serve(self, websocket: WebSocket) -> None:
         project_id = str(websocket.path_params["project_id"])
@@ -49,12 +52,24 @@ class ProjectSocket:
         except Problem as problem:
             await websocket.send_denial_response(problem_response(problem, websocket.url.path))
             return
-        service = self._service_source()
-        if service is None:  # checked in the handshake; the server stopped meanwhile
-            await websocket.close(1012, "the server is restarting")
+        try:
+            # A socket is one of its agent's requests in progress for as long as it is open.
+            self._slots.take(identity.agent_id)
+        except AgentBusy as busy:
+            refusal = problem_response(busy.problem(), websocket.url.path, {"Retry-After": "1"})
+            await websocket.send_denial_response(refusal)
             return
-        await websocket.accept(subprotocol=PROTOCOL)
-        await Session(websocket, service, identity.agent_id, project_id).run()
+        try:
+            service = self._service_source()
+            if service is None:  # checked in the handshake; the server stopped meanwhile
+                await websocket.close(1012, "the server is restarting")
+                return
+            await websocket.accept(subprotocol=PROTOCOL)
+            session = Session(websocket, service, identity.agent_id, project_id)
+            session.still_valid = identity.still_valid
+            await session.run()
+        finally:
+            self._slots.give_back(identity.agent_id)
 
     async def _handshake(self, websocket: WebSocket, project_id: str) -> Identity:
         headers = websocket.headers
@@ -101,8 +116,7 @@ class ProjectSocket:
             if protocol.startswith(BEARER_PREFIX):
                 return await self._authenticator.bearer.token(protocol[len(BEARER_PREFIX) :])
             if protocol.startswith(TICKET_PREFIX):
-                agent = self._tickets.redeem(protocol[len(TICKET_PREFIX) :], project_id)
-                return Identity(agent, "ticket") if agent is not None else None
+                return self._tickets.redeem(protocol[len(TICKET_PREFIX) :], project_id)
         identity = await self._authenticator.identify(headers)
         if identity is not None and identity.csrf_check is not None and not headers.get("origin"):
             return None  # a browser credential must come with the browser's Origin

@@ -49,8 +49,11 @@ from server.core.results import (
     TerminalView,
 )
 from server.core.service import ProjectService
-from server.domain.errors import AccessDenied, NotFound
+from server.domain.errors import AccessDenied, NotFound, Unauthenticated
+from server.domain.invalid import describe
 from server.domain.operations import Operation
+from server.surfaces.http.auth import StillValid
+from server.surfaces.http.connections import abort_connection
 from server.surfaces.http.problems import Problem, problem_of
 from server.surfaces.http.ws.messages import (
     ClientMessage,
@@ -69,16 +72,27 @@ from server.surfaces.http.ws.messages import (
     TerminalResize,
     server_message,
 )
+from server.surfaces.http.ws.outbox import Outbox
 
-__all__ = ["CLOSE_REMOVED", "STREAMS", "Session", "StreamKind"]
+__all__ = ["CLOSE_CREDENTIAL_GONE", "CLOSE_REMOVED", "STREAMS", "Session", "StreamKind"]
 
 log = logging.getLogger("projectvm.ws")
 
 CLOSE_REMOVED = 4403
+CLOSE_CREDENTIAL_GONE = 4401
+# How often an idle socket asks again whether its credential still stands (a message always
+# asks first).
+CREDENTIAL_RECHECK_S = 30.0
 # One round of a subscription's long-poll; then it re-admits and waits again.
 POLL_WAIT_S = 25.0
 EVENTS_PER_ROUND = 500
-OUTBOX_SIZE = 256
+# What may wait to be sent, in characters of JSON (one larger message still goes, alone).
+OUTBOX_CHARS = 4 * 1024 * 1024
+# A client that reads nothing for this long while messages wait is disconnected: it would
+# otherwise hold what waits for as long as it keeps the socket open.
+SEND_STALL_S = 15.0
+# Streams one socket may follow at once.
+MAX_SUBSCRIPTIONS = 64
 
 
 class StreamKind(Protocol):
@@ -95,12 +109,14 @@ class Session:
         self.service = service
         self.agent_id = agent_id
         self.project_id = project_id
-        self._send, self._outbox = anyio.create_memory_object_stream[dict[str, Any]](OUTBOX_SIZE)
+        self._outbox = Outbox(OUTBOX_CHARS)
         self._subscriptions: dict[tuple[str, str], anyio.CancelScope] = {}
         self._group: anyio.abc.TaskGroup | None = None
         # Held while a message is written; once closing, nothing more is.
         self._writing = anyio.Lock()
         self._closing = False
+        # Whether the credential the socket was opened with still stands (None: not asked).
+        self.still_valid: StillValid | None = None
 
     # -- what streams use ---------------------------------------------------------------------
 
@@ -111,7 +127,7 @@ class Session:
         return await self.service.call(self.caller(operation), request)
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self._send.send(message)
+        await self._outbox.put(json.dumps(message, ensure_ascii=False))
 
     async def reply(self, message: ClientMessage, result: BaseModel | None = None) -> None:
         fields: dict[str, Any] = {"id": message.id}
@@ -124,6 +140,16 @@ class Session:
     ) -> None:
         body = problem.body()
         await self.send(server_message(stream, "error", id=message_id, problem=body))
+
+    def check_room(self, stream: str, key: str) -> None:
+        """Refuse a subscription past :data:`MAX_SUBSCRIPTIONS` (replacing one is fine)."""
+        if (stream, key) not in self._subscriptions and len(
+            self._subscriptions
+        ) >= MAX_SUBSCRIPTIONS:
+            raise _bad(
+                f"this socket already follows {MAX_SUBSCRIPTIONS} streams, the most one may; "
+                "unsubscribe from one (or open another socket) first"
+            )
 
     def subscribe(self, stream: str, key: str, follow: Callable[[], Awaitable[None]]) -> None:
         """Start following ``(stream, key)``, replacing an earlier subscription to it."""
@@ -153,7 +179,7 @@ class Session:
 
     async def run(self) -> None:
         """Serve until the client leaves or loses access."""
-        async with self._send, anyio.create_task_group() as group:
+        async with anyio.create_task_group() as group:
             self._group = group
             group.start_soon(self._write)
             group.start_soon(self._guard)
@@ -173,12 +199,22 @@ class Session:
 
     async def _write(self) -> None:
         try:
-            async with self._outbox:
-                async for message in self._outbox:
-                    async with self._writing:
-                        if self._closing:
-                            return
-                        await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
+            while True:
+                text = await self._outbox.get()
+                async with self._writing:
+                    if self._closing:
+                        return
+                    with anyio.move_on_after(SEND_STALL_S) as stalled:
+                        await self.websocket.send_text(text)
+                if stalled.cancelled_caught:  # the client reads nothing: let it go
+                    log.info(
+                        "closing %s's socket to %s: it read nothing for %g s",
+                        self.agent_id,
+                        self.project_id,
+                        SEND_STALL_S,
+                    )
+                    abort_connection(self.websocket.scope)
+                    break
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client is gone
         assert self._group is not None
@@ -192,13 +228,27 @@ class Session:
                 return  # gone (a binary frame is not our protocol either)
             await self._dispatch(text)
 
+    async def _credential_stands(self) -> bool:
+        """False (and the socket closing, saying why) once its credential is replaced or
+        revoked: a leaked token, replaced, must not live on in an open socket."""
+        if self.still_valid is None or await self.still_valid():
+            return True
+        gone = Unauthenticated(
+            f"the credential this socket was opened with no longer stands for {self.agent_id} "
+            "(its token was replaced or the agent removed); connect again with a current token"
+        )
+        await self._close(CLOSE_CREDENTIAL_GONE, gone, "the credential no longer stands")
+        return False
+
     async def _dispatch(self, text: str) -> None:
+        if not await self._credential_stands():
+            return
         try:
             message = json.loads(text)
             if not isinstance(message, dict):
                 raise ValueError("not an object")
-        except ValueError:
-            await self.refuse("session", _bad("a message must be a JSON object"))
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply to read
+            await self.refuse("session", _bad("a message must be a flat JSON object"))
             return
         stream = message.get("stream")
         kind = STREAMS.get(stream) if isinstance(stream, str) else None
@@ -211,34 +261,36 @@ class Session:
         try:
             await kind.handle(self, message)
         except ValidationError as err:
-            listed = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                for e in err.errors(include_url=False)
-            )
+            listed = describe(err, whole="message")
             problem = _bad(f"invalid {stream} message: {listed}; see /api/v1/docs#websocket")
             await self.refuse(str(stream), problem, message_id)
         except ProjectVMError as err:
             await self.refuse(str(stream), problem_of(err), message_id)
+        except Problem as problem:  # a message the stream does not take
+            await self.refuse(str(stream), problem, message_id)
 
     async def _guard(self) -> None:
         """Close the socket as soon as the agent may no longer read the project."""
         gate, hub = self.service.gate, self.service.hub
         while True:
             changed = hub.changed(self.project_id)
+            if not await self._credential_stands():
+                return
             try:
                 await gate.admit(self.caller(Operation.GET_EVENTS), self.project_id)
             except (NotFound, AccessDenied) as err:
                 await self._close(CLOSE_REMOVED, err)
                 return
-            await changed.wait()
+            with anyio.move_on_after(CREDENTIAL_RECHECK_S):
+                await changed.wait()
 
-    async def _close(self, code: int, err: ProjectVMError) -> None:
+    async def _close(self, code: int, err: ProjectVMError, reason: str | None = None) -> None:
         """Stop every stream, say why (in full, then as the close frame's short reason), and
         close; nothing queued before is sent any more."""
         for stream, key in list(self._subscriptions):
             self.unsubscribe(stream, key)
         fatal = server_message("session", "error", problem=problem_of(err).body(), fatal=True)
-        reason = f"no access to project {self.project_id} any more"
+        reason = reason or f"no access to project {self.project_id} any more"
         async with self._writing:
             self._closing = True
             with anyio.move_on_after(5), contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -271,6 +323,7 @@ class EventsStream:
             await session.reply(request)
             return
         subscribe = EventsSubscribe.model_validate(message)
+        session.check_room("events", "")
         # The first round is made here, so a refusal answers this message.
         first = await self._round(session, subscribe.since_id, wait_s=0)
 
@@ -315,6 +368,7 @@ class ExecutionStream:
             await session.reply(leave)
         elif kind == "run":
             run = ExecutionRun.model_validate(message)
+            session.check_room("execution", "")  # its output will be followed here
             fields = run.model_dump(exclude={"stream", "type", "id"})
             start = RunCommand(project_id=session.project_id, wait_s=0, **fields)
             result = await session.call(Operation.RUN_COMMAND, start)
@@ -340,6 +394,8 @@ class ExecutionStream:
         since: int,
         started: CommandResult | None = None,
     ) -> None:
+        if started is None:  # (a command started here had its room checked first)
+            session.check_room("execution", execution_id)
         first = await self._round(session, execution_id, since, wait_s=0)
 
         async def follow() -> None:
