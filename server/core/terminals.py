@@ -19,7 +19,6 @@ import binascii
 import contextlib
 import logging
 import math
-import re
 import shlex
 import time
 
@@ -52,6 +51,7 @@ from server.core.results import TerminalInfo, TerminalList, TerminalView, Termin
 from server.core.runtime import Runtime, Runtimes
 from server.core.storage import StorageGuard
 from server.core.terminal_keys import key_bytes, needs_cursor_mode
+from server.core.wait_patterns import WaitPattern
 from server.domain.config import Limits
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.events import ExecutionFinished, ExecutionQueued, ExecutionStarted
@@ -480,7 +480,7 @@ class Terminals:
     async def read(self, caller: Caller, request: TerminalRead) -> TerminalView:
         """The screen or the output after ``since``; with ``wait_s``, wait for more first."""
         execution, grant, live = await self._locate(caller, request.execution_id)
-        pattern = _pattern(request.wait_for)
+        pattern = WaitPattern(request.wait_for) if request.wait_for is not None else None
         if live is None:
             return self._stored_view(execution, request)
         if request.wait_s > 0:
@@ -491,15 +491,15 @@ class Terminals:
                     f"agent {caller.agent_id!r} was removed from project {grant.project_id} "
                     "while waiting; its terminals are no longer visible to you"
                 )
-        return self._view(live, request, pattern)
+        return await self._view(live, request, pattern)
 
     async def _wait(
-        self, live: LiveTerminal, request: TerminalRead, pattern: re.Pattern[str] | None
+        self, live: LiveTerminal, request: TerminalRead, pattern: WaitPattern | None
     ) -> None:
         """Until the pattern matches, or output after ``since`` came and settled, or the end."""
         while not live.finished.is_set():
             if pattern is not None:
-                if self._matches(live, request, pattern):
+                if await self._matches(live, request, pattern):
                     return
             elif live.output.end > request.since:
                 break
@@ -511,14 +511,14 @@ class Terminals:
                 return
 
     @staticmethod
-    def _matches(live: LiveTerminal, request: TerminalRead, pattern: re.Pattern[str]) -> bool:
+    async def _matches(live: LiveTerminal, request: TerminalRead, pattern: WaitPattern) -> bool:
         if request.mode == "screen":
-            return pattern.search(live.screen().text()) is not None
+            return await pattern.found_in(live.screen().text())
         _, data = live.output.read(request.since)
-        return pattern.search(readable_text(data.decode(errors="replace"))) is not None
+        return await pattern.found_in(readable_text(data.decode(errors="replace")))
 
-    def _view(
-        self, live: LiveTerminal, request: TerminalRead, pattern: re.Pattern[str] | None
+    async def _view(
+        self, live: LiveTerminal, request: TerminalRead, pattern: WaitPattern | None
     ) -> TerminalView:
         execution = live.execution
         view = TerminalView(
@@ -532,7 +532,7 @@ class Terminals:
             next_since=live.output.end,
         )
         if pattern is not None:
-            view.matched = self._matches(live, request, pattern)
+            view.matched = await self._matches(live, request, pattern)
         if request.mode == "screen":
             screen = live.screen()
             view.screen = screen.text()
@@ -643,15 +643,6 @@ def _info_of(execution: Execution, cols: int, rows: int) -> TerminalInfo:
         queued_at=execution.queued_at,
         started_at=execution.started_at,
     )
-
-
-def _pattern(text: str | None) -> re.Pattern[str] | None:
-    if text is None:
-        return None
-    try:
-        return re.compile(text, re.MULTILINE)
-    except re.error as err:
-        raise InvalidInput(f"wait_for is not a valid regular expression: {err}") from None
 
 
 def _require_terminals(client: GuestClient, project: Project) -> None:

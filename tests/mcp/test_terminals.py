@@ -199,3 +199,37 @@ async def test_the_command_lists_apply_to_terminals_and_an_allowlist_refuses_a_s
     assert "command_denylist" in denied
     allowed = await call(client, "open_terminal", project_id=project_id, command="python3 -q")
     await call(client, "close_terminal", execution_id=allowed["execution_id"])
+
+
+async def test_a_backtracking_wait_for_pattern_is_refused_without_holding_the_server(
+    alice: Alice, alice_projects: MakeProject
+) -> None:
+    """``(a|a)+$`` against a line of a's backtracks exponentially: with Python's ``re`` on the
+    event loop this one call held every project for minutes."""
+    client, _ = alice
+    project_id = await alice_projects("redos")
+    command = 'python3 -c \'print("a" * 60 + "!")\'; cat > /dev/null'
+    opened = await call(client, "open_terminal", project_id=project_id, command=command)
+    terminal = opened["execution_id"]
+    await call(client, "terminal_read", execution_id=terminal, wait_for="a!", wait_s=30)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(tick)
+        began = anyio.current_time()
+        with anyio.fail_after(20):
+            error = await call_error(
+                client, "terminal_read", execution_id=terminal, wait_for="(a|a)+$", wait_s=5
+            )
+        took = anyio.current_time() - began
+        group.cancel_scope.cancel()
+    assert "took more than 0.25s to match" in error, error
+    # The event loop kept running meanwhile (a tick every 10 ms, allowing for a loaded host).
+    assert ticks >= took / 0.01 / 4, (ticks, took)
+    await call(client, "close_terminal", execution_id=terminal)
