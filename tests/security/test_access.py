@@ -44,6 +44,10 @@ MUTATIONS: dict[str, dict[str, object]] = {
     "assign_agent": {"agent_id": "carol", "access_level": "admin"},
     "remove_agent": {"agent_id": "alice"},
     "update_project_settings": {"settings": {"auto_sleep_minutes": 1}},
+    "open_terminal": {"command": "echo changed > notes.md"},
+    "terminal_write": {"execution_id": "TERMINAL", "text": "echo changed > notes.md\n"},
+    "resize_terminal": {"execution_id": "TERMINAL", "cols": 100, "rows": 30},
+    "close_terminal": {"execution_id": "TERMINAL"},
 }
 NOT_PROJECT_MUTATIONS = {"create_project"}
 
@@ -132,11 +136,13 @@ async def test_a_read_only_member_is_refused_every_mutating_tool(
                 wait_s=0,
                 keep_stdin_open=True,
             )
+            terminal = await call(alice, "open_terminal", project_id=project_id, command="cat")
+            handles = {"EXECUTION": running["execution_id"], "TERMINAL": terminal["execution_id"]}
             for tool, arguments in MUTATIONS.items():
                 if tool == "remove_agent":
                     arguments = {"agent_id": "alice"}
                 resolved = {
-                    key: running["execution_id"] if value == "EXECUTION" else value
+                    key: handles.get(value, value) if isinstance(value, str) else value
                     for key, value in arguments.items()
                 }
                 scope = {} if "execution_id" in resolved else {"project_id": project_id}
@@ -150,6 +156,7 @@ async def test_a_read_only_member_is_refused_every_mutating_tool(
                 "carol": "read_only",
             }
             await call(alice, "cancel_execution", execution_id=running["execution_id"])
+            await call(alice, "close_terminal", execution_id=terminal["execution_id"])
         finally:
             await call(alice, "delete_project", project_id=project_id)
 
