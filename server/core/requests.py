@@ -85,6 +85,7 @@ IfMatch = Annotated[
 MAX_EDITS = 200  # as the guest agent's own cap (guest_runtime/agent/edits.py)
 MAX_ENVIRONMENT_VARIABLES = 1000
 MAX_SETTINGS = 64
+MAX_KEYS = 1000  # named keys in one terminal_write
 
 
 def _at_most(count: int, what: str) -> BeforeValidator:
@@ -515,6 +516,7 @@ class TerminalWrite(Request):
     ] = ""
     keys: Annotated[
         list[str],
+        _at_most(MAX_KEYS, "keys"),
         Field(
             description="named keys typed after the text, in order: enter, tab, escape, "
             "backspace, delete, up, down, left, right, home, end, page-up, page-down, "

@@ -95,6 +95,14 @@ async def websocket_run_with_bad_env(server: LiveServer, project_id: str) -> byt
     return answer.encode() if isinstance(answer, str) else answer
 
 
+async def rest_terminal_write_with_bad_keys(server: LiveServer, project_id: str) -> bytes:
+    async with server.rest("bob") as bob:
+        body = {"keys": [1] * ITEMS}
+        response = await bob.post("/terminals/exe_0123456789abcdef/input", json=body)
+    assert response.status_code == 422, response.text[:500]
+    return response.content
+
+
 Attack = Callable[[LiveServer, str], Awaitable[bytes]]
 ATTACKS: dict[str, Attack] = {
     "REST edit_file, a list of wrong edits": rest_edit_with_bad_edits,
@@ -103,6 +111,7 @@ ATTACKS: dict[str, Attack] = {
     "REST create_project, a setting of wrong patterns": rest_project_with_bad_settings,
     "MCP edit_file, a list of wrong edits": mcp_edit_with_bad_edits,
     "WebSocket run, an env of wrong values": websocket_run_with_bad_env,
+    "REST terminal_write, a list of wrong keys": rest_terminal_write_with_bad_keys,
 }
 
 
