@@ -14,6 +14,7 @@ from mcp import Client
 from server.domain.config import ServerConfig
 from server.surfaces.mcp.server import ServerHandle, build_server
 from tests.conformance.backends import BACKENDS, Backend
+from tests.fakes import lima
 from tests.helpers import call
 from vm_drivers.base import DriverContext
 from vm_drivers.docker import DockerDriver
@@ -107,6 +108,10 @@ def requires_isolation(config: ServerConfig) -> None:
     binary = Path(str(config.drivers.get("firecracker", {}).get("binary", "")))
     # The fake's wrapper script execs tests/firecracker/fake_firecracker.py.
     fake = binary.is_file() and "fake_firecracker.py" in binary.read_text(errors="replace")
+    limactl = str(config.drivers.get("lima", {}).get("limactl", ""))
+    shared = lima.commands_share_the_agents_user(limactl) if limactl else None
+    if config.driver == "lima" and shared:
+        pytest.skip(f"{shared}: isolation from the agent is not tested on it")
     if config.driver == "firecracker" and fake:
         pytest.skip(
             "fake-firecracker runs the guest agent as a plain process of this host (there is "

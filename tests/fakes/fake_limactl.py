@@ -15,23 +15,29 @@ the ProjectVM lima driver uses them, quirks included:
 
 An instance is a directory under ``$LIMA_HOME``: its ``lima.yaml`` and ``disk/``, the writable
 root filesystem of its "VM". ``start`` launches a host agent (``fake-limactl hostagent NAME``,
-like Lima's own hidden command) that runs the VM as a bubblewrap sandbox with its own user, PID,
+like Lima's own hidden command) that runs the VM as a bubblewrap sandbox with its own PID,
 network (loopback only), IPC and UTS namespaces: ``disk/`` is ``/``, and the host's ``/usr``,
-``/etc`` and package database, read-only, are the image. The host agent then runs the provision
+``/etc`` and package database, read-only, are the image. Run as root (as CI does), the VM has
+every uid and root's capabilities, like a VM's root, and a writable copy of ``/etc`` (made on
+first boot) where provisioning adds users; the guest user is then root itself, which needs no
+sudo. Run unprivileged, the VM is a user namespace that maps one uid (the caller's, as 0): no
+other user can exist in it (``single_uid_reason`` says so). The host agent then runs the provision
 entries (``data``, ``system``, ``user``; also those of ``$LIMA_HOME/_config/default.yaml`` and
 ``override.yaml``) inside. ``shell`` enters the VM's namespaces with nsenter and runs the command
 the way Lima's ssh session does: ``cd DIR || exit 1 ; exec "$SHELL" --login -c '<argv>'``.
 ``stop`` ends the VM's PID namespace, so every process in it dies, as in a shutdown.
 
 Not emulated: kernels and images (``base``/``images`` are recorded, not fetched), mounts, port
-forwarding, Lima's user-mode network (a fake VM has loopback only), disks, snapshots, and users:
-everything in a fake VM runs as uid 0 of its user namespace, mapped to whoever runs the fake;
-that uid is what ``{{.UID}}`` expands to. ``lima.yaml`` is read as YAML's JSON form (what the
-driver writes), or with PyYAML when it is installed.
+forwarding, Lima's user-mode network (a fake VM has loopback only), disks, snapshots, and Lima's
+own user: ``limactl shell`` runs as uid 0 (root, or root of the one-uid namespace), which is
+what ``{{.UID}}`` expands to. A root fake VM's root can change the host's read-only image
+mounts: tests only run the driver's own scripts there. ``lima.yaml`` is read as YAML's JSON
+form (what the driver writes), or with PyYAML when it is installed.
 
 Every invocation is appended to ``$LIMA_HOME/_fake/calls.jsonl`` so tests can check exactly what
 a driver ran. Knobs: ``FAKE_LIMACTL_VERSION`` (the version reported; default 2.2.0) and
-``FAKE_LIMACTL_AS_ROOT=1`` (behave as the real limactl does under root: refuse every command).
+``FAKE_LIMACTL_AS_ROOT=1`` (behave as the real limactl does under root: refuse every command),
+``FAKE_LIMACTL_SINGLE_UID=1`` (one-uid VMs even when run as root, as when run unprivileged).
 """
 
 from __future__ import annotations
@@ -433,15 +439,50 @@ def wait_gone(pid: int, timeout: float) -> bool:
 # -- the VM: a bubblewrap sandbox, entered with nsenter ------------------------------------------
 
 
+def single_uid_reason() -> str | None:
+    """Why this fake's VMs can hold only one uid (None: they have every uid, like a VM)."""
+    if os.environ.get("FAKE_LIMACTL_SINGLE_UID") == "1":
+        return "FAKE_LIMACTL_SINGLE_UID=1 asks fake-limactl for VMs that map a single uid"
+    if os.geteuid() != 0:
+        return (
+            "fake-limactl runs unprivileged here, so its VM is a user namespace that maps a "
+            "single uid: commands cannot run as a user apart from the agent (run it as root)"
+        )
+    return None
+
+
+def vm_image(instance: Instance, full: bool) -> list[str]:
+    """bwrap arguments for the "image": the host's, read-only, except a VM with every uid gets a
+    writable /etc of its own (copied once), where users can be added as in a real VM."""
+    # bwrap makes missing mount points root's and 0700; a VM's /var is for everyone to enter.
+    for directory in ("var", "var/lib", "var/lib/dpkg"):
+        (instance.disk / directory).mkdir(exist_ok=True)
+        (instance.disk / directory).chmod(0o755)
+    argv = []
+    for entry in IMAGE_DIRS:
+        source = Path("/") / entry
+        if (instance.disk / entry).is_symlink():
+            (instance.disk / entry).unlink()  # left by the last boot; bwrap makes it again
+        if full and entry == "etc":
+            if not (instance.disk / "etc").is_dir():
+                subprocess.run(["cp", "-a", "/etc", str(instance.disk / "etc")], check=True)
+            continue
+        if source.is_symlink():
+            argv += ["--symlink", os.readlink(source), str(source)]
+        elif source.is_dir():
+            argv += ["--ro-bind", str(source), str(source)]
+    return argv
+
+
 def vm_sandbox_argv(instance: Instance, info_fd: int, up_fd: int) -> list[str]:
+    full = single_uid_reason() is None
+    # As root, the VM has every uid and root's capabilities, like a VM's root (its own PID,
+    # network, IPC and UTS namespaces, and its own mounts); else one uid, mapped to the caller.
+    identity = ["--cap-add", "ALL"] if full else ["--unshare-user", "--uid", "0", "--gid", "0"]
     argv = [
         "bwrap",
         "--die-with-parent",
-        "--unshare-user",
-        "--uid",
-        "0",
-        "--gid",
-        "0",
+        *identity,
         "--unshare-pid",
         "--unshare-net",
         "--unshare-ipc",
@@ -450,15 +491,8 @@ def vm_sandbox_argv(instance: Instance, info_fd: int, up_fd: int) -> list[str]:
         "--bind",
         str(instance.disk),
         "/",
+        *vm_image(instance, full),
     ]
-    for entry in IMAGE_DIRS:
-        source = Path("/") / entry
-        if (instance.disk / entry).is_symlink():
-            (instance.disk / entry).unlink()  # left by the last boot; bwrap makes it again
-        if source.is_symlink():
-            argv += ["--symlink", os.readlink(source), str(source)]
-        elif source.is_dir():
-            argv += ["--ro-bind", str(source), str(source)]
     argv += [
         "--ro-bind-try",
         "/var/lib/dpkg",
@@ -470,6 +504,8 @@ def vm_sandbox_argv(instance: Instance, info_fd: int, up_fd: int) -> list[str]:
         "--ro-bind-try",
         "/sys",
         "/sys",
+        "--perms",
+        "1777",
         "--tmpfs",
         "/tmp",
         "--tmpfs",

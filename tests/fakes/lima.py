@@ -26,6 +26,7 @@ __all__ = [
     "SHARED_INSTANCE",
     "TEST_PACKAGES",
     "calls",
+    "commands_share_the_agents_user",
     "driver_options",
     "fake_lima_home",
     "fake_limactl",
@@ -51,6 +52,16 @@ def missing_tools() -> str | None:
     if not Path("/usr/bin/python3").is_file():
         return "fake-limactl needs /usr/bin/python3 (apt-get install python3)"
     return None
+
+
+def commands_share_the_agents_user(limactl: str) -> str | None:
+    """Why commands cannot run apart from the agent on ``limactl`` (the fake unprivileged), or
+    None: the launcher then warns in the VM's log and doctor, and isolation tests skip."""
+    if Path(limactl).resolve() != FAKE_LIMACTL.resolve():
+        return None
+    from tests.fakes.fake_limactl import single_uid_reason
+
+    return single_uid_reason()
 
 
 async def fake_limactl(home: Path, *args: str, check: bool = True) -> str:

@@ -92,7 +92,9 @@ async def test_the_agent_is_copied_once_per_version(
             await client.hello()
     copies = [argv for argv in calls(shared_home) if argv[0] == "copy"]
     assert len(copies) == 1
-    assert copies[0][-1].startswith(f"{SHARED_INSTANCE}:projectvm/agents/projectvm-agent-")
+    # Into Lima's user's home: the agents' directory is root's, and the launcher moves it there.
+    assert copies[0][-1].startswith(f"{SHARED_INSTANCE}:projectvm-agent-")
+    assert copies[0][-1].endswith(".pyz.incoming")
     for vm_id in (first.vm_id, second.vm_id):
         await driver.destroy_project_vm(vm_id)
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import pwd
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -175,5 +179,71 @@ def test_the_launcher_stays_python_3_8_and_stdlib_only() -> None:
             node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
         )
     }
-    assert imported <= {"__future__", "json", "os", "shutil", "signal", "sys", "time", "typing"}
+    assert imported <= {
+        *("__future__", "grp", "hashlib", "json", "os", "pwd", "re", "shutil", "signal"),
+        *("subprocess", "sys", "time", "typing"),
+    }
     assert ".removeprefix(" not in source  # 3.9
+
+
+def test_the_agent_gets_run_as_the_command_user_in_the_instance_and_in_a_sandbox(
+    layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = pwd.getpwnam("nobody")
+    monkeypatch.setattr(guest_launcher, "ensure_user", lambda name: pwd.getpwnam(name))
+    monkeypatch.setattr(guest_launcher, "mapped_uids", lambda: 1 << 32)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    options = {**layout, "command_user": "nobody"}
+    run_as, status = guest_launcher.command_identity(options)
+    assert run_as == f"{user.pw_uid}:{user.pw_gid}"
+    assert status.startswith("separate: commands run as nobody")
+    monkeypatch.chdir(layout["root"])
+    direct = guest_launcher.agent_command(options, layout["agent"], layout["root"], run_as)
+    assert direct[-2:] == ["--run-as", run_as]
+    sandboxed = guest_launcher.sandbox_argv(
+        options, "bwrap", layout["agent"], layout["root"], run_as
+    )
+    assert sandboxed[-2:] == ["--run-as", run_as]
+    # The sandbox keeps what the agent needs to switch to the command user and signal it.
+    kept = {sandboxed[i + 1] for i, arg in enumerate(sandboxed) if arg == "--cap-add"}
+    assert {"CAP_SETUID", "CAP_SETGID", "CAP_KILL"} <= kept
+
+
+def test_where_one_uid_is_mapped_the_launcher_warns_that_commands_share_the_agents_user(
+    layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(guest_launcher, "mapped_uids", lambda: 1)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    run_as, status = guest_launcher.command_identity({**layout, "command_user": "pvm"})
+    assert run_as is None
+    assert status.startswith("shared: ")
+    assert "WARNING" in capsys.readouterr().err
+    assert "NOT separated" in status
+
+
+async def test_without_passwordless_sudo_the_launcher_says_what_to_do(
+    layout: dict[str, Any], tmp_path: Path
+) -> None:
+    # A sudo that asks for a password, for a launcher run by an unprivileged user.
+    bin_dir = Path(tempfile.mkdtemp(prefix="lima-runas-sudo-"))
+    try:
+        bin_dir.chmod(0o755)
+        sudo = bin_dir / "sudo"
+        sudo.write_text("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n")
+        sudo.chmod(0o755)
+        options = {key: value for key, value in layout.items() if key != "built"}
+        options["command_user"] = "pvm"
+        nobody = pwd.getpwnam("nobody")
+        as_nobody = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
+        launcher = [sys.executable, "-c", LAUNCHER.read_text(), json.dumps(options)]
+        result = await anyio.run_process(
+            [*as_nobody, "--clear-groups", *launcher],
+            env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+            check=False,
+        )
+    finally:
+        shutil.rmtree(bin_dir)
+    assert result.returncode == guest_launcher.NEEDS_ROOT, result.stderr
+    said = result.stderr.decode()
+    assert "a password is required" in said
+    assert "passwordless sudo" in said

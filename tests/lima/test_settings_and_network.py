@@ -16,12 +16,10 @@ from vm_drivers.lima import LimaDriver
 pytestmark = pytest.mark.anyio
 
 
-async def firewall(driver: LimaDriver, vm_id: str) -> str:
-    """The VM's ProjectVM firewall chain, read from inside (the fake VM runs as its root)."""
-    async with GuestClient(await driver.open_channel(vm_id)) as client:
-        exit_info, out, err, _ = await run(client, "iptables -w -S PROJECTVM-OUT")
-    assert exit_info.exit_code == 0, err
-    return out.decode()
+async def firewall(driver: LimaDriver, home: Path, vm_id: str) -> str:
+    """The VM's ProjectVM firewall chain, read by Lima's user (root in the fake VM)."""
+    instance = driver.records.load(vm_id).instance
+    return await fake_limactl(home, "shell", instance, "iptables", "-w", "-S", "PROJECTVM-OUT")
 
 
 async def described(home: Path, name: str) -> dict[str, object]:
@@ -34,13 +32,18 @@ async def test_network_none_is_a_firewall_in_the_vm_that_egress_lifts(
 ) -> None:
     wanted = spec(network="none")
     created = await driver.create_project_vm(wanted)
-    rules = await firewall(driver, created.vm_id)
+    rules = await firewall(driver, lima_home, created.vm_id)
     assert "-j REJECT" in rules
     assert "-o lo -j RETURN" in rules
     assert "ESTABLISHED" in rules
+    # Commands run as a user without sudo: the firewall holds against them.
+    async with GuestClient(await driver.open_channel(created.vm_id)) as client:
+        lifted, _, err, _ = await run(client, "iptables -w -F PROJECTVM-OUT")
+    assert lifted.exit_code != 0, err
+    assert await firewall(driver, lima_home, created.vm_id) == rules
     await driver.stop_project_vm(created.vm_id)
     await driver.start_project_vm(created.vm_id, wanted.model_copy(update={"network": "egress"}))
-    assert "REJECT" not in await firewall(driver, created.vm_id)
+    assert "REJECT" not in await firewall(driver, lima_home, created.vm_id)
     name = driver.records.load(created.vm_id).instance
     params = (await described(lima_home, name))["param"]
     assert isinstance(params, dict)

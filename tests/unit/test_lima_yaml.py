@@ -13,6 +13,8 @@ import pytest
 from vm_drivers.base import VMSpec
 from vm_drivers.config import LimaDriverConfig, LimaTemplate
 from vm_drivers.lima.limayaml import (
+    AGENT_DIR,
+    COMMAND_USER,
     LABELS_FILE,
     PARAM_LABELS,
     PARAM_NETWORK,
@@ -120,3 +122,19 @@ def test_a_package_name_that_is_not_one_is_refused(package: str) -> None:
 def test_the_config_and_the_rendered_file_agree() -> None:
     spec = VMSpec(project_id="prj_a", name="a")
     assert rendered(spec) == lima_config(spec, LimaTemplate(), labels=LABELS)
+
+
+def test_provisioning_makes_the_command_user_and_gives_root_the_agents_directory() -> None:
+    [script] = [
+        entry["script"]
+        for entry in rendered(VMSpec(project_id="prj_a", name="a"))["provision"]
+        if entry["mode"] == "system"
+    ]
+    made = re.search(r"id -u (\S+) .*\|\| useradd (.*?) (\S+)\n", script.replace("\\\n", " "))
+    assert made is not None, script
+    assert made.group(1) == made.group(3) == COMMAND_USER
+    assert "--system" in made.group(2)
+    assert f"install -d -m 0755 -o root -g root {AGENT_DIR}" in script
+    assert '-o "$owner" -g "$owner" /workspace' in script
+    assert f"owner={COMMAND_USER}" in script
+    assert "{{.UID}}" not in script  # nothing is Lima's user's any more

@@ -37,7 +37,9 @@ class LauncherExited(Exception):
 class LimaChannel(anyio.abc.ByteStream):
     """The agent's stdio through ``limactl shell``; closing it ends the agent and its commands."""
 
-    def __init__(self, process: Process, log_path: Path, pending: bytes) -> None:
+    def __init__(
+        self, process: Process, log_path: Path, pending: bytes, preamble: bytes = b""
+    ) -> None:
         assert process.stdin is not None
         assert process.stdout is not None
         self.process = process
@@ -45,6 +47,7 @@ class LimaChannel(anyio.abc.ByteStream):
         self._stdout = process.stdout
         self._log_path = log_path
         self._pending = pending
+        self.preamble = preamble  # what came before the marker (login noise, the launcher's status)
 
     async def send(self, item: bytes) -> None:
         await self._stdin.send(item)
@@ -138,4 +141,4 @@ async def open_launcher(
     if noise.strip():
         with log_path.open("ab") as log:
             log.write(b"[dropped before the agent started] " + noise[-2000:] + b"\n")
-    return LimaChannel(process, log_path, rest)
+    return LimaChannel(process, log_path, rest, noise)

@@ -9,10 +9,17 @@ The channel is ``limactl shell`` running a small launcher that becomes the guest
 ``guest_launcher``). The agent zipapp is copied in with ``limactl copy`` the first time a launch
 finds it missing; it is named by its digest, so each version is copied once. A VM has one
 channel: opening another ends the previous agent and every command it started.
+
+The agent runs as root (through Lima's user's passwordless sudo) and every command as an
+unprivileged user without sudo (``COMMAND_USER``), so commands cannot reach the agent's channel,
+its code or the firewall. The launcher says on each launch whether it could keep them apart;
+the last answer is kept for ``probe`` (doctor), with a warning when it could not.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,11 +49,14 @@ from vm_drivers.errors import (
 )
 from vm_drivers.kit.lifecycle import ClosingDriver
 from vm_drivers.lima.channel import LauncherExited, LimaChannel, open_launcher, tail
-from vm_drivers.lima.guest import Guest, Launch
+from vm_drivers.lima.guest import COMMAND_USER, Guest, Launch
 from vm_drivers.lima.guest_launcher import (
     AGENT_MISSING,
     BAD_OPTIONS,
+    COMMAND_USER_UNSAFE,
+    NEEDS_ROOT,
     SANDBOX_MISSING,
+    STATUS_PREFIX,
     WORKSPACE_MISSING,
 )
 from vm_drivers.lima.instances import Instances
@@ -56,6 +66,8 @@ from vm_drivers.lima.records import LimaVMRecord, RecordStore, instance_name
 from vm_drivers.lima.shared import SharedPlacement
 
 __all__ = ["LimaDriver"]
+
+log = logging.getLogger(__name__)
 
 # `$LIMA_HOME/<name>/<this>` must fit a unix socket path: 104 bytes on macOS (108 on Linux).
 LONGEST_SOCKET = "ssh.sock.1234567890123456"
@@ -263,9 +275,35 @@ class LimaDriver(ClosingDriver):
                 raise GuestUnreachable(f"VM {vm_id} is {status}; start it first")
             # One agent per VM: the launcher also ends one that an earlier server left behind.
             await self._close_channel(vm_id)
-            channel = await self._launch(placement.launch(record), self._log_path(vm_id))
+            launch = placement.launch(record)
+            channel = await self._launch(launch, self._log_path(vm_id))
             self._channels[vm_id] = channel
+            await self._note_commands(launch, channel.preamble)
             return channel
+
+    def _commands_path(self) -> Path:
+        return self.root / "commands.json"
+
+    async def _note_commands(self, launch: Launch, preamble: bytes) -> None:
+        """Keep what the launcher said about who commands run as (for doctor); warn if shared."""
+        lines = preamble.decode(errors="replace").splitlines()
+        said = [line.removeprefix(STATUS_PREFIX) for line in lines if STATUS_PREFIX in line[:20]]
+        if not said:
+            return
+        status = said[-1]
+        if not status.startswith("separate"):
+            log.warning("Lima instance %s: %s", launch.instance, status)
+        note = {"instance": launch.instance, "status": status, "at": datetime.now(UTC).isoformat()}
+        path = anyio.Path(self._commands_path())
+        await path.parent.mkdir(parents=True, exist_ok=True)
+        await path.write_text(json.dumps(note) + "\n")
+
+    async def _last_commands_note(self) -> str | None:
+        try:
+            note = json.loads(await anyio.Path(self._commands_path()).read_text())
+            return f"{note['status']} (last launch, in Lima instance {note['instance']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     async def _launch(self, launch: Launch, log_path: Path) -> LimaChannel:
         for attempt in range(2):
@@ -304,6 +342,20 @@ class LimaDriver(ClosingDriver):
             return GuestUnreachable(
                 f"the workspace {launch.root} is missing in {where} (removed by hand?); destroy "
                 "the project VM and create it again"
+            )
+        if exited.code == NEEDS_ROOT:
+            return DriverUnavailable(
+                "lima",
+                f"the guest agent must run as root in {where} to keep commands away from it, "
+                f"and Lima's user could not become root: {exited.log_tail}",
+                f"check `limactl shell {launch.instance} sudo -n true`; Lima gives its user "
+                "passwordless sudo unless the image or a provisioning script took it away",
+            )
+        if exited.code == COMMAND_USER_UNSAFE:
+            return DriverUnavailable(
+                "lima",
+                f"commands cannot run as an unprivileged user in {where}: {exited.log_tail}",
+                "fix the user as the message says, then open the channel again",
             )
         if exited.code == BAD_OPTIONS:
             return GuestUnreachable(f"the launcher in {where} refused its options: {exited}")
@@ -366,12 +418,15 @@ class LimaDriver(ClosingDriver):
                 sample = instance_name(self.config.instance_prefix, "probe", "probe")
                 self._check_socket_path(lima_home, sample)
                 details["mode"] = "one instance per project"
-                return Availability(
-                    driver=self.name,
-                    usable=True,
-                    reason=f"{version} works here; each project gets its own Lima instance",
-                    details=details,
+                reason = f"{version} works here; each project gets its own Lima instance"
+                last = await self._last_commands_note()
+                details["commands"] = last or (
+                    f"run as {COMMAND_USER} (no sudo), the agent as root; every launch checks it "
+                    "and says so in the VM's log"
                 )
+                if last is not None and last.startswith("shared"):
+                    reason += f"; WARNING: commands are not kept apart from the agent: {last}"
+                return Availability(driver=self.name, usable=True, reason=reason, details=details)
             details["mode"] = f"projects share Lima instance {shared}"
             usable, reason, found = await self.shared.readiness(shared)
             return Availability(

@@ -3,6 +3,10 @@
 All of it goes through ``limactl shell --workdir / NAME -- ...`` (ssh underneath) and
 ``limactl copy``. Lima runs the command through the user's *login* shell, whose profile may
 print: script output is read after a marker line, never from the first byte.
+
+Scripts run as Lima's user. The agent runs as root and its commands as ``COMMAND_USER`` (see
+``guest_launcher``), so a script that touches them (ends an agent, removes a workspace) uses
+the ``asroot`` shell function: ``sudo -n``, which Lima's user may use without a password.
 """
 
 from __future__ import annotations
@@ -11,18 +15,28 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from guest_runtime.agent.identity import COMMAND_USER
 from vm_drivers.errors import GuestUnreachable
 from vm_drivers.lima.limactl import Limactl
 
-__all__ = ["EXPAND_HOME", "LAUNCHER_SOURCE", "Guest", "Launch", "home_relative"]
+__all__ = [
+    "COMMAND_USER",
+    "EXPAND_HOME",
+    "LAUNCHER_SOURCE",
+    "Guest",
+    "Launch",
+    "home_relative",
+]
 
-# A shell function scripts use on paths the driver passes: "~/x" means the Lima user's home.
+# Shell functions scripts use: on paths the driver passes ("~/x" means the Lima user's home),
+# and for what only root may do (the agent and the workspace are not Lima's user's).
 EXPAND_HOME = (
     'expand() { case "$1" in "~/"*) printf "%s/%s" "$HOME" "${1#"~/"}";; '
     '*) printf "%s" "$1";; esac; }; '
+    'asroot() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n -- "$@"; fi; }; '
 )
 LAUNCHER_SOURCE = resources.files("vm_drivers.lima").joinpath("guest_launcher.py").read_text()
 
@@ -44,10 +58,15 @@ class Launch:
     sandbox: str = "none"
     network: str = "none"
     hide: list[str] = field(default_factory=list)
+    # The guest user commands run as (the provisioning script and the launcher make it): no
+    # sudo, not the agent's; named like the USER the agent gives commands. None: the agent's.
+    command_user: str | None = COMMAND_USER
 
     @property
     def staged(self) -> str:
-        return self.agent + ".incoming"
+        """Where ``limactl copy`` puts a new agent: Lima's user cannot write the agent's directory
+        (root's), so its home; the launcher checks it and moves it in as root."""
+        return f"~/{PurePosixPath(self.agent).name}.incoming"
 
     def options(self, marker: str) -> dict[str, Any]:
         return {
@@ -59,6 +78,7 @@ class Launch:
             "sandbox": self.sandbox,
             "network": self.network,
             "hide": self.hide,
+            "command_user": self.command_user,
             "marker": marker,
         }
 

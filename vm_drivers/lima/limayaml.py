@@ -10,15 +10,19 @@ What it asks of Lima:
 - ``/workspace`` **on the VM's own disk**: it survives stop and start, ``limactl delete``
   removes it with the instance, and the disk grows with ``limactl edit --disk`` (a separate Lima
   disk would survive deletion, which is not what destroying a project VM means);
-- a provisioning script, run on every boot, that installs missing packages, makes
-  ``/workspace`` and ``/opt/projectvm`` the Lima user's, and applies the network setting;
+- a provisioning script, run on every boot, that installs missing packages, makes the command
+  user (``COMMAND_USER``: unprivileged, no sudo; every command runs as it), makes
+  ``/opt/projectvm`` root's (the agent runs as root and its code lives there) and a new
+  ``/workspace`` the command user's, and applies the network setting;
 - the labels as a ``param`` (so ``limactl list --json`` reports them) and as
   ``/opt/projectvm/labels.json`` inside the VM.
 
 Lima has no "no network" setting: its user-mode network carries ssh, which ``limactl shell`` and
 ``limactl copy`` need. ``network: none`` is therefore a firewall in the guest: outgoing traffic
-is rejected except on loopback and for connections that came in (ssh). It stops accidents, not a
-determined agent: Lima's user has passwordless sudo in the guest and could lift the rules.
+is rejected except on loopback and for connections that came in (ssh). It holds against
+commands: they run as the command user, who has no sudo and cannot change the rules (Lima's own
+user, who has passwordless sudo, is the driver's, not the commands'). Whoever can run
+``limactl shell`` on the host can still lift it.
 
 The file is written in YAML's JSON form, which every YAML reader accepts, so scripts keep their
 exact bytes without a YAML library; the comment at the top says what it is and whose it is.
@@ -35,9 +39,11 @@ from typing import Any
 
 from vm_drivers.base import VMSpec
 from vm_drivers.config import LimaTemplate
+from vm_drivers.lima.guest import COMMAND_USER
 
 __all__ = [
     "AGENT_DIR",
+    "COMMAND_USER",
     "LABELS_FILE",
     "PARAM_LABELS",
     "PARAM_NETWORK",
@@ -125,7 +131,21 @@ def provision_script(packages: list[str]) -> str:
         '  echo "projectvm: no apt or dnf here; install $packages in the image" >&2',
         "  exit 1",
         "fi",
-        f'install -d -m 0755 -o "{{{{.UID}}}}" {WORKSPACE} {AGENT_DIR}',
+        "# Commands run as an unprivileged user without sudo; the agent (root's) lives apart.",
+        "# Only where one uid is mapped (a container, not a VM) is there no such user to make.",
+        "uids=0",
+        "while read -r inside outside count; do uids=$((uids + count)); done < /proc/self/uid_map",
+        'if [ "$uids" -gt 1 ]; then',
+        f"  id -u {COMMAND_USER} >/dev/null 2>&1 || useradd --system --user-group \\",
+        f"    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {COMMAND_USER}",
+        f"  owner={COMMAND_USER}",
+        "else",
+        '  echo "projectvm: one uid here: commands cannot run apart from the agent" >&2',
+        "  owner=0",
+        "fi",
+        f"install -d -m 0755 -o root -g root {AGENT_DIR}",
+        "# An existing workspace is left as it is: the agent hands it over to the command user.",
+        f'[ -d {WORKSPACE} ] || install -d -m 0755 -o "$owner" -g "$owner" {WORKSPACE}',
         "# network: none rejects what leaves the VM, except loopback and answers (ssh).",
         "for ipt in iptables ip6tables; do",
         f"  $ipt -w -N {FIREWALL_CHAIN} 2>/dev/null || $ipt -w -F {FIREWALL_CHAIN}",

@@ -1,7 +1,8 @@
 """Per-project mode: each project VM is a Lima instance of its own, made from a generated lima.yaml.
 
-The workspace is ``/workspace`` on the instance's disk and the agent lives in ``/opt/projectvm``
-(both made by the provisioning script, owned by Lima's user). Settings changed while the VM was
+The workspace is ``/workspace`` on the instance's disk, the command user's, and the agent lives
+in ``/opt/projectvm``, root's (both made by the provisioning script; the launcher checks them on
+every launch, so instances made before still get there). Settings changed while the VM was
 stopped are applied with ``limactl edit`` before it starts again.
 """
 

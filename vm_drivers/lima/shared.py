@@ -5,9 +5,12 @@ deletes it. A project is a directory in it, ``<shared_root>/vms/<vm id>/`` holdi
 ``workspace/`` and ``labels.json``; "stopping" a project ends its agent, "destroying" it removes
 the directory. The agent is confined with bubblewrap when the instance has it (see
 ``guest_launcher``): the project's directory is its ``/workspace``, other projects and the
-user's home are hidden, and ``network: none`` gives it no network at all. Without bubblewrap
+user's home are hidden, and ``network: none`` gives it no network at all. The sandbox runs as
+root (through ``sudo -n``) and the agent in it runs every command as ``COMMAND_USER``, an
+unprivileged user of the instance without sudo that the launcher makes on first use; the
+agent's code and its directory (``<shared_root>/agents``) are root's. Without bubblewrap
 (``shared_sandbox: none``, or ``auto`` on an instance without it) file calls still stay inside the
-workspace, but commands see the whole instance and its network.
+workspace, but commands see the whole instance and its network (as that user).
 """
 
 from __future__ import annotations
@@ -26,18 +29,29 @@ from vm_drivers.base import (
 )
 from vm_drivers.config import LimaDriverConfig
 from vm_drivers.errors import DriverUnavailable, VMOperationFailed
-from vm_drivers.lima.guest import Guest, Launch
+from vm_drivers.lima.guest import COMMAND_USER, Guest, Launch
 from vm_drivers.lima.instances import BROKEN, RUNNING, Instances
 from vm_drivers.lima.limactl import LimaInstance
 from vm_drivers.lima.records import LimaVMRecord
 
 __all__ = ["SharedPlacement"]
 
-# Ends a project's agent (its pid file names it; a recycled pid is left alone).
+# Ends a project's agent (its pid file names it; a recycled pid is left alone). The agent is
+# root's, so is the signal; so is the removal of a workspace, whose files are the command user's.
 _END_AGENT = (
     'd=$(expand "$1"); pid=$(cat "$d/agent.pid" 2>/dev/null || true); '
     'if [ -n "$pid" ] && tr "\\0" " " < "/proc/$pid/cmdline" 2>/dev/null '
-    '| grep -q projectvm-agent; then kill -TERM "$pid"; fi; '
+    '| grep -q projectvm-agent; then asroot kill -TERM "$pid"; fi; '
+)
+
+
+# What readiness needs to know: the tools there, whether Lima's user can become root, and
+# whether the instance has more than one uid (a user to run commands as, apart from the agent).
+_READINESS = (
+    "for c in python3 bwrap; do command -v $c >/dev/null 2>&1 && echo $c; done; "
+    '{ [ "$(id -u)" = 0 ] || sudo -n true; } >/dev/null 2>&1 && echo root; '
+    "uids=0; while read -r inside outside count; do uids=$((uids + count)); done "
+    '< /proc/self/uid_map; [ "$uids" -gt 1 ] || echo one-uid; true'
 )
 
 
@@ -87,12 +101,16 @@ class SharedPlacement:
             )
         if instance.status != RUNNING:
             return True, f"shared Lima instance {name} is {instance.status}; it starts on use", {}
-        found = await self.guest.run(
-            name,
-            "for c in python3 bwrap; do command -v $c >/dev/null 2>&1 && echo $c; done; true",
-            action=f"looking for python3 and bubblewrap in Lima instance {name}",
-        )
+        found = await self.guest.run(name, _READINESS, action=f"checking Lima instance {name}")
         tools = set(found.split())
+        if "root" not in tools:
+            return (
+                False,
+                f"Lima's user in instance {name} cannot become root (`sudo -n true` fails), "
+                "which the guest agent needs to keep commands away from it; give it "
+                "passwordless sudo again (Lima's default)",
+                {},
+            )
         confinement = "bubblewrap" if "bwrap" in tools else "none (no bubblewrap in the instance)"
         if self.config.shared_sandbox == "none":
             confinement = "none (shared_sandbox: none)"
@@ -112,6 +130,18 @@ class SharedPlacement:
                 f"it ({install} bubblewrap`)",
                 details,
             )
+        if "one-uid" in tools:
+            details["commands"] = (
+                f"shared with the agent: Lima instance {name} maps a single uid, so commands "
+                "cannot run as another user and could reach the agent's channel and code"
+            )
+            return (
+                True,
+                f"shared Lima instance {name} runs; projects are confined by {confinement}; "
+                f"WARNING: {details['commands']}",
+                details,
+            )
+        details["commands"] = f"run as {COMMAND_USER} (no sudo), the agent as root"
         return (
             True,
             f"shared Lima instance {name} runs; projects are confined by {confinement}",
@@ -163,7 +193,7 @@ class SharedPlacement:
             )
         await self.guest.run(
             record.instance,
-            _END_AGENT + 'rm -rf "$d"',
+            _END_AGENT + 'asroot rm -rf "$d"',
             self.directory(record.vm_id),
             action=f"removing the workspace of {record.vm_id}",
         )
