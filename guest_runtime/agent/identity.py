@@ -23,11 +23,13 @@ log = logging.getLogger("projectvm.agent")
 
 COMMAND_USER = "pvm"
 # What the agent needs to keep commands apart: switching to their identity (SETUID, SETGID),
-# and, as root, handing them files (CHOWN) in directories they own (DAC_OVERRIDE, FOWNER).
+# as root, handing them files (CHOWN) in directories they own (DAC_OVERRIDE, FOWNER), and
+# ending their processes, which are another uid's (KILL).
 NEEDED_CAPABILITIES = {
     0: "CAP_CHOWN",
     1: "CAP_DAC_OVERRIDE",
     3: "CAP_FOWNER",
+    5: "CAP_KILL",
     6: "CAP_SETGID",
     7: "CAP_SETUID",
 }
@@ -119,6 +121,12 @@ def effective(requested: Optional[Identity]) -> Tuple[Optional[Identity], str]:
                 "--run-as %r is ignored: %d is not mapped in this user namespace (%s); commands "
                 "run as the agent's own uid" % (requested, wanted, path)
             )
+    missing = _missing_capabilities()
+    if missing:
+        return None, (
+            "--run-as %r is ignored: the agent lacks %s, which it needs to keep commands apart; "
+            "commands run as the agent's own uid" % (requested, ", ".join(missing))
+        )
     return requested, "commands run as %r; the agent stays uid %d" % (requested, os.getuid())
 
 
