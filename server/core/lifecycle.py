@@ -11,6 +11,7 @@ the reconciliation at start-up in their own modules.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -107,6 +108,10 @@ class Lifecycle:
         await change.store.projects.update(
             project.project_id, vm_status=status, vm_status_reason=reason
         )
+        if status == VMStatus.RUNNING:
+            # Idle time counts from when the VM could first be used: a slow boot must not end
+            # in a sleep before anyone had the chance to use it.
+            self._runtimes.of(project.project_id).last_activity = time.monotonic()
         billing = self.billing(project) if status == VMStatus.RUNNING else None
         await change.record(
             project.project_id,

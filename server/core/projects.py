@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,10 +161,14 @@ class Projects:
                     )
                 raise
             await lifecycle.record_vm(project, created, caller.agent_id)
-        self._sleep_recheck.raise_()
-        return await self.get(
+        info = await self.get(
             caller.doing(Operation.GET_PROJECT), GetProject(project_id=project.project_id)
         )
+        # Idle time counts from the end of this call: measuring the new VM's usage above can
+        # take seconds on a loaded host, longer than a short auto-sleep limit.
+        self._runtimes.of(project.project_id).last_activity = time.monotonic()
+        self._sleep_recheck.raise_()
+        return info
 
     # -- reading ------------------------------------------------------------------------------
 

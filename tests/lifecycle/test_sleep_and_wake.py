@@ -10,10 +10,12 @@ import anyio
 import pytest
 from mcp import Client
 
+from server.core.projects import Projects
 from server.core.requests import WriteFile
+from server.core.results import ResourceUsage
 from server.core.service import ProjectService
 from server.domain.config import ServerConfig
-from server.domain.models import VMStatus
+from server.domain.models import Project, VMStatus
 from server.surfaces.mcp.server import build_server
 from tests.helpers import call
 
@@ -162,4 +164,45 @@ async def test_watching_a_project_does_not_keep_it_awake(driver_config: ServerCo
             assert "asleep" in info["status_reason"]
             assert polls > 3
         finally:
+            await call(client, "delete_project", project_id=project_id)
+
+
+async def test_a_new_project_is_not_put_to_sleep_while_its_creation_call_is_answered(
+    local_config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded host, measuring a new qemu VM's usage for create_project's answer took longer
+    than the project's idle limit, and the sleeper put the VM to sleep before the call returned."""
+    minutes = 0.02
+    usage = Projects._usage
+    measured = 0.0
+
+    async def slow_usage(self: Projects, project: Project) -> ResourceUsage:
+        nonlocal measured
+        figures = await usage(self, project)
+        await anyio.sleep(minutes * 60 * 1.5)  # a measurement slower than the idle limit
+        measured = time.monotonic()
+        return figures
+
+    monkeypatch.setattr(Projects, "_usage", slow_usage)
+    handle = build_server(local_config, transport="memory", agent="alice")
+    async with Client(handle.mcp) as client:
+        assert handle.state is not None
+        service = handle.state.service
+        settings = {"auto_sleep_minutes": minutes}
+        project_id = (await call(client, "create_project", name="slow", settings=settings))[
+            "project_id"
+        ]
+        try:
+            # A sleeper round that began after the answer was ready has looked at the project.
+            with anyio.fail_after(60):
+                await service.sleeper.wait_for_round(started_after=measured)
+            project = await service.store.projects.get(project_id)
+            assert project is not None
+            assert project.vm_status == VMStatus.RUNNING
+            # It still sleeps once idle for the limit after the call.
+            await wait_for_status(service, project_id, VMStatus.STOPPED)
+            kinds = [e.kind for e in await service.store.events.after(project_id, 0, 1000)]
+            assert kinds.count("vm.slept") == 1
+        finally:
+            monkeypatch.undo()
             await call(client, "delete_project", project_id=project_id)
