@@ -28,6 +28,9 @@ _DEC_GRAPHICS = str.maketrans(
     "◆▒␉␌␍␊°±␤␋┘┐┌└┼⎺⎻─⎼⎽├┤┴┬│≤≥π≠£·",
 )
 _MAX_PARAM = 9999
+# Past these, a crafted stream would only grow memory and time: what is beyond is dropped.
+_MAX_MARKS = 16  # combining marks kept on one cell
+_MAX_INTERMEDIATES = 4  # a CSI's intermediate characters (real ones have one)
 
 
 @dataclass
@@ -191,7 +194,7 @@ class Screen:
             x = self.x if self.wrap_pending else self.x - 1
             while x > 0 and row[x] == "":
                 x -= 1
-            if x >= 0:
+            if x >= 0 and len(row[x]) <= _MAX_MARKS:
                 row[x] += char
             return
         if self.wrap_pending or (width == 2 and self.x == self.cols - 1 and self.cols > 1):
@@ -317,7 +320,8 @@ class Screen:
             if len(self._params) < 64:
                 self._params += char
         elif 0x20 <= code <= 0x2F:
-            self._intermediates += char
+            if len(self._intermediates) < _MAX_INTERMEDIATES:
+                self._intermediates += char
         elif code == 0x1B:
             self._state = "escape"
         elif code in (0x18, 0x1A):
@@ -406,10 +410,15 @@ class Screen:
             elif first == 3:
                 self.tabs.clear()
         elif final == "b":
-            self._print(self._last * min(count, self.cols * self.rows))
+            self._repeat(count)
         elif final in "hl" and 4 in numbers:
             self.insert = final == "h"
         # m (colours), n (reports), c, t, q and the rest change nothing shown.
+
+    def _repeat(self, count: int) -> None:
+        """REP: the last character again; programs repeat within a line, and a line's worth
+        at a time keeps a crafted stream from costing a full screen of work per sequence."""
+        self._print(self._last * min(count, self.cols))
 
     def _private_mode(self, mode: int, on: bool) -> None:
         if mode == 1:
@@ -449,7 +458,8 @@ class Screen:
 
     def _tab(self, count: int) -> None:
         stops = sorted(self.tabs)
-        for _ in range(abs(count)):
+        # Past the last stop every further tab lands on the edge: a huge count is cut there.
+        for _ in range(min(abs(count), len(stops) + 1)):
             if count > 0:
                 self.x = next((t for t in stops if t > self.x), self.cols - 1)
             else:
