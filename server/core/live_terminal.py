@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 import anyio
@@ -25,6 +26,7 @@ __all__ = [
     "BUFFER_BYTES",
     "LiveTerminal",
     "OutputBuffer",
+    "ScreenSnapshot",
     "complete_utf8",
     "readable_text",
 ]
@@ -100,6 +102,36 @@ class OutputBuffer:
         return first, bytes(self._data[first - self.start :])
 
 
+@dataclass(frozen=True)
+class ScreenSnapshot:
+    """What a terminal's screen shows, taken at one moment."""
+
+    text: str
+    cols: int
+    rows: int
+    cursor: tuple[int, int]  # (row, column), 0-based
+    alternate: bool
+    title: str
+    application_cursor: bool
+
+
+def _draw(screen: Screen, steps: list[tuple[bytes, tuple[int, int] | None]]) -> ScreenSnapshot:
+    for data, size in steps:
+        if data:
+            screen.feed(data)
+        if size is not None:
+            screen.resize(*size)
+    return ScreenSnapshot(
+        text=screen.text(),
+        cols=screen.cols,
+        rows=screen.rows,
+        cursor=screen.cursor,
+        alternate=screen.alternate,
+        title=screen.title,
+        application_cursor=screen.application_cursor,
+    )
+
+
 class LiveTerminal:
     def __init__(self, execution: Execution, cols: int, rows: int, idle_timeout_s: float) -> None:
         self.execution = execution
@@ -120,6 +152,7 @@ class LiveTerminal:
         # Sizes over time: (offset, cols, rows), so the screen resizes where the program did.
         self._sizes: list[tuple[int, int, int]] = [(0, cols, rows)]
         self._screen = Screen(cols, rows)
+        self._screen_lock = anyio.Lock()
         self._screen_at = 0
         self._next_size = 1
 
@@ -172,24 +205,26 @@ class LiveTerminal:
 
     # -- the screen ---------------------------------------------------------------------------
 
-    def screen(self) -> Screen:
-        """The screen as of the newest output."""
-        start, end = self.output.start, self.output.end
-        if self._screen_at < start:
-            self._restart_screen(start)
-        while self._next_size < len(self._sizes) and self._sizes[self._next_size][0] <= end:
-            offset, cols, rows = self._sizes[self._next_size]
-            self._feed_until(offset)
-            self._screen.resize(cols, rows)
-            self._next_size += 1
-        self._feed_until(end)
-        return self._screen
-
-    def _feed_until(self, offset: int) -> None:
-        if offset > self._screen_at:
+    async def snapshot(self) -> ScreenSnapshot:
+        """The screen as of the newest output, worked out in a worker thread: crafted output
+        can make a large screen cost seconds to draw, which must not hold the event loop."""
+        async with self._screen_lock:
+            start, end = self.output.start, self.output.end
+            if self._screen_at < start:
+                self._restart_screen(start)
             first, data = self.output.read(self._screen_at)
-            self._screen.feed(data[: offset - first])
-            self._screen_at = offset
+            # What to draw, as (output, then a resize) steps; the bookkeeping stays here.
+            steps: list[tuple[bytes, tuple[int, int] | None]] = []
+            at = self._screen_at
+            while self._next_size < len(self._sizes) and self._sizes[self._next_size][0] <= end:
+                offset, cols, rows = self._sizes[self._next_size]
+                steps.append((data[at - first : max(at, offset) - first], (cols, rows)))
+                at = max(at, offset)
+                self._next_size += 1
+            steps.append((data[at - first : end - first], None))
+            self._screen_at = end
+            # Only this lock's holder touches the screen, so the thread has it alone.
+            return await anyio.to_thread.run_sync(_draw, self._screen, steps)
 
     def _restart_screen(self, start: int) -> None:
         """What the screen had not seen is gone: start again from the oldest output kept."""

@@ -360,7 +360,7 @@ class Terminals:
         exit_info = live.exit
         completed = utcnow()
         started = live.execution.started_at
-        screen = live.screen().text() if live.execution.started_at else ""
+        screen = (await live.snapshot()).text if live.execution.started_at else ""
         finished = live.execution.model_copy(
             update={
                 "status": status,
@@ -426,7 +426,7 @@ class Terminals:
         )
         handle = self._open_handle(execution, live, "typed into")
         assert live is not None
-        data = self._input_bytes(request, live)
+        data = await self._input_bytes(request, live)
         if len(data) > MAX_INPUT_BYTES:
             raise InvalidInput(
                 f"the input is {len(data)} bytes, over the limit of {MAX_INPUT_BYTES}; type it "
@@ -443,7 +443,7 @@ class Terminals:
         )
 
     @staticmethod
-    def _input_bytes(request: TerminalWrite, live: LiveTerminal) -> bytes:
+    async def _input_bytes(request: TerminalWrite, live: LiveTerminal) -> bytes:
         if request.encoding == "base64":
             try:
                 data = base64.b64decode(request.text, validate=True)
@@ -455,7 +455,9 @@ class Terminals:
             # As a terminal pastes: a newline is Enter.
             data = request.text.replace("\r\n", "\n").replace("\n", "\r").encode()
         if request.keys:
-            application = needs_cursor_mode(request.keys) and live.screen().application_cursor
+            application = (
+                needs_cursor_mode(request.keys) and (await live.snapshot()).application_cursor
+            )
             for name in request.keys:
                 data += key_bytes(name, application_cursor=application)
         return data
@@ -513,7 +515,7 @@ class Terminals:
     @staticmethod
     async def _matches(live: LiveTerminal, request: TerminalRead, pattern: WaitPattern) -> bool:
         if request.mode == "screen":
-            return await pattern.found_in(live.screen().text())
+            return await pattern.found_in((await live.snapshot()).text)
         _, data = live.output.read(request.since)
         return await pattern.found_in(readable_text(data.decode(errors="replace")))
 
@@ -534,8 +536,8 @@ class Terminals:
         if pattern is not None:
             view.matched = await self._matches(live, request, pattern)
         if request.mode == "screen":
-            screen = live.screen()
-            view.screen = screen.text()
+            screen = await live.snapshot()
+            view.screen = screen.text
             view.cursor_row, view.cursor_col = screen.cursor
             view.alternate_screen = screen.alternate
             view.title = screen.title or None

@@ -50,11 +50,11 @@ async def test_the_screen_starts_again_from_what_is_kept_at_the_size_it_had_then
     live.add_output(b"first\r\n")
     live.resized(10, 2)
     live.add_output(b"0123456789" * 3 + b"\r\nlast")
-    screen = live.screen()
+    screen = await live.snapshot()
     assert (screen.cols, screen.rows) == (10, 2)
-    assert screen.lines()[-1] == "last"
+    assert screen.text.split("\n")[-1] == "last"
     live.resized(12, 2)
-    assert live.screen().cols == 12
+    assert (await live.snapshot()).cols == 12
 
 
 @pytest.mark.anyio
@@ -63,7 +63,7 @@ async def test_the_screen_resizes_where_the_program_did() -> None:
     live.add_output(b"abcdefg")  # wraps at 5
     live.resized(10, 2)
     live.add_output(b"\r\n0123456789")
-    assert live.screen().lines() == ["fg", "0123456789"]
+    assert (await live.snapshot()).text.split("\n") == ["fg", "0123456789"]
 
 
 def test_plain_text_has_no_escapes_and_applies_backspaces() -> None:
@@ -91,3 +91,29 @@ def test_keys_are_the_bytes_an_xterm_sends() -> None:
     assert not needs_cursor_mode(["enter"])
     with pytest.raises(InvalidInput, match="unknown key 'hyper'; the keys are"):
         key_bytes("hyper")
+
+
+@pytest.mark.anyio
+async def test_drawing_a_costly_screen_leaves_the_event_loop_free() -> None:
+    """A screen of the largest size redrawn by every 4-byte sequence costs seconds to draw; the
+    drawing happens in a worker thread, so the event loop keeps serving everyone else."""
+    import anyio
+
+    live = terminal(cols=500, rows=200)
+    live.add_output(b"\x1b[2J" * 20_000)  # clear the whole screen, 20,000 times
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(tick)
+        began = anyio.current_time()
+        await live.snapshot()
+        took = anyio.current_time() - began
+        group.cancel_scope.cancel()
+    assert took > 0.1, f"too cheap to tell ({took:.2f}s): make the output costlier"
+    assert ticks >= took / 0.01 / 4, (ticks, took)
