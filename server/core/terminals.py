@@ -21,6 +21,7 @@ import logging
 import math
 import shlex
 import time
+from collections.abc import Iterable
 
 import anyio
 import anyio.abc
@@ -124,7 +125,10 @@ class Terminals:
             queued_at=now,
         )
         live = LiveTerminal(execution, request.cols, request.rows, idle)
+        _check_share(project, runtime.terminals.values(), caller.agent_id)
         live.ticket = Ticket(execution.execution_id, caller.agent_id)
+        # Counted from here (no await since the check), so concurrent opens see each other.
+        runtime.terminals[execution.execution_id] = live
         runtime.queue.submit(live.ticket)
         try:
             if live.ticket.granted.is_set():
@@ -132,10 +136,10 @@ class Terminals:
             else:
                 await self._record_queued(live)
         except BaseException:
+            runtime.terminals.pop(execution.execution_id, None)
             runtime.queue.withdraw(live.ticket)
             runtime.queue.release(live.ticket)
             raise
-        runtime.terminals[execution.execution_id] = live
         info = self._info(live, runtime)
         self._task_group.start_soon(self._run, project, live, request, env)
         return info
@@ -645,6 +649,25 @@ def _info_of(execution: Execution, cols: int, rows: int) -> TerminalInfo:
         queued_at=execution.queued_at,
         started_at=execution.started_at,
     )
+
+
+def terminal_share(project: Project) -> int:
+    """How many terminals one agent may hold open or queued in a project: half its execution
+    slots (at least one), so one agent's idle terminals can never take every slot from the
+    others' commands and terminals."""
+    return max(1, project.settings.max_concurrent_executions // 2)
+
+
+def _check_share(project: Project, terminals: Iterable[LiveTerminal], agent_id: str) -> None:
+    share = terminal_share(project)
+    held = sum(1 for live in terminals if live.execution.agent_id == agent_id)
+    if held >= share:
+        raise Conflict(
+            f"agent {agent_id!r} already holds {held} terminals in project "
+            f"{project.project_id}, the most one agent may (half of max_concurrent_executions "
+            f"= {project.settings.max_concurrent_executions}, so slots stay for everyone); "
+            "close one with close_terminal (list_terminals shows them)"
+        )
 
 
 def _require_terminals(client: GuestClient, project: Project) -> None:

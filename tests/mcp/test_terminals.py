@@ -8,6 +8,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from server.core.requests import OpenTerminal, RunCommand
 from server.surfaces.mcp.server import ServerHandle
 from tests.helpers import call, call_error, eventually
 
@@ -80,11 +81,18 @@ async def test_the_terminal_tools_drive_an_interactive_python_repl_to_compute_a_
 async def test_a_terminal_takes_an_execution_slot_and_waits_its_turn_fairly(
     alice: Alice, alice_projects: MakeProject
 ) -> None:
-    client, _ = alice
+    client, handle = alice
     project_id = await alice_projects("one-slot", max_concurrent_executions=1)
+    assert handle.state is not None
+    await handle.state.service.agents.ensure("bob")
+    await call(
+        client, "assign_agent", project_id=project_id, agent_id="bob", access_level="read_write"
+    )
     first = await call(client, "open_terminal", project_id=project_id, command="cat")
     command = await call(client, "run_command", project_id=project_id, command="echo ran", wait_s=0)
-    second = await call(client, "open_terminal", project_id=project_id)
+    # bob's (one agent holds at most half the slots' worth of terminals, at least one).
+    opened = await handle.state.service.act("bob", OpenTerminal(project_id=project_id))
+    second = opened.model_dump(mode="json")
     assert (first["status"], command["status"], second["status"]) == ("running", "queued", "queued")
     listed = await call(client, "list_terminals", project_id=project_id)
     assert [t["queue_position"] for t in listed["terminals"]] == [None, 2]
@@ -233,3 +241,35 @@ async def test_a_backtracking_wait_for_pattern_is_refused_without_holding_the_se
     # The event loop kept running meanwhile (a tick every 10 ms, allowing for a loaded host).
     assert ticks >= took / 0.01 / 4, (ticks, took)
     await call(client, "close_terminal", execution_id=terminal)
+
+
+async def test_one_agent_cannot_hold_every_slot_with_idle_terminals(
+    alice: Alice, alice_projects: MakeProject
+) -> None:
+    """Terminals take execution slots and live until closed or idle for idle_timeout_s; one
+    agent holding all of them would keep everyone's commands waiting."""
+    client, handle = alice
+    project_id = await alice_projects("hog", max_concurrent_executions=4)
+    assert handle.state is not None
+    await handle.state.service.agents.ensure("bob")
+    await call(
+        client, "assign_agent", project_id=project_id, agent_id="bob", access_level="read_write"
+    )
+    opened = [
+        await call(client, "open_terminal", project_id=project_id, command="sleep infinity")
+        for _ in range(2)
+    ]
+    error = await call_error(
+        client, "open_terminal", project_id=project_id, command="sleep infinity"
+    )
+    assert "already holds 2 terminals" in error, error
+    assert "close_terminal" in error
+    # The slots left serve everyone else: bob's command runs at once.
+    done = await handle.state.service.act(
+        "bob", RunCommand(project_id=project_id, command="echo served")
+    )
+    assert done.stdout == "served\n"
+    for terminal in opened:
+        await call(client, "close_terminal", execution_id=terminal["execution_id"])
+    again = await call(client, "open_terminal", project_id=project_id, command="true")
+    assert again["status"] in ("running", "completed")

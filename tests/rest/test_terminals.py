@@ -203,9 +203,12 @@ async def test_a_watcher_resumes_from_its_cursor_without_repeats(
 async def test_stopping_the_project_kills_its_terminals_and_records_why(
     server: Server, alice_rest: httpx.AsyncClient, rest_projects: MakeProject
 ) -> None:
-    project_id = await rest_projects("stopping", max_concurrent_executions=1)
+    project_id = await rest_projects(
+        "stopping", members={"bob": "read_write"}, max_concurrent_executions=1
+    )
     running = await alice_rest.post(f"/projects/{project_id}/terminals", json={})
-    waiting = await alice_rest.post(f"/projects/{project_id}/terminals", json={})
+    async with server.rest("bob") as bob_rest:  # one agent holds at most one terminal here
+        waiting = await bob_rest.post(f"/projects/{project_id}/terminals", json={})
     assert (running.json()["status"], waiting.json()["status"]) == ("running", "queued")
     listed = (await alice_rest.get(f"/projects/{project_id}/terminals")).json()["terminals"]
     assert [t["queue_position"] for t in listed] == [None, 1]
