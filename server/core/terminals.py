@@ -33,6 +33,7 @@ from guest_runtime.protocol import TermExit, TermOutput
 from guest_runtime.terminal import TerminalHandle
 from server.core.access import Grant
 from server.core.caller import Caller
+from server.core.execution_ends import duration_ms, record_end
 from server.core.gate import Gate
 from server.core.ids import new_id
 from server.core.journal import Change, Journal
@@ -373,29 +374,12 @@ class Terminals:
                 "output": screen,
                 "error_output": "",
                 "completed_at": completed,
-                "duration_ms": exit_info.duration_ms
-                if exit_info
-                else (int((completed - started).total_seconds() * 1000) if started else None),
+                "duration_ms": duration_ms(
+                    exit_info.duration_ms if exit_info else None, started, completed
+                ),
             }
         )
-        try:
-            with anyio.CancelScope(shield=True):
-                async with self._journal.change() as change:
-                    await change.store.executions.finish(finished)
-                    await change.record(
-                        finished.project_id,
-                        finished.agent_id,
-                        ExecutionFinished(
-                            execution_id=finished.execution_id,
-                            status=finished.status,
-                            exit_code=finished.exit_code,
-                            duration_ms=finished.duration_ms,
-                            reason=finished.reason,
-                        ),
-                    )
-        except Exception:
-            # The database is failing; watchers must still learn the end. Logged loudly.
-            log.exception("could not record the end of terminal %s", finished.execution_id)
+        await record_end(self._journal, finished)
         live.finish(finished)
 
     # -- what callers ask ---------------------------------------------------------------------
